@@ -1,0 +1,1 @@
+"""Shared code behind the convmixer_*.py scripts and test/ wrappers."""

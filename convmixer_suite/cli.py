@@ -1,0 +1,54 @@
+"""What every command-line script shares: one-line errors for user mistakes, and atomic file writes."""
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the user's input (a missing or malformed file, a bad flag value).
+
+    Scripts raise it with a message that names the file and what is wrong; ``run_main`` prints that
+    message as one line and exits with status 2, without a traceback.
+    """
+
+
+def run_main(main, argv=None) -> None:
+    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError,
+    130 on Ctrl-C."""
+    prog = Path(sys.argv[0]).name
+    try:
+        status = main(argv)
+    except UserError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    A crash or an exception leaves no file under the final name, so a half-written file is never
+    taken for a finished one, and a rerun knows which files are done.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
