@@ -84,3 +84,17 @@ def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True,
                           check=check, timeout=timeout)
+
+
+# ---- issue 2: checkpoint layouts ------------------------------------------------------------------------
+
+def timm_state_dict(state_dict, depth):
+    """A locuslab-keyed state dict renamed to timm's ConvMixer keys (``stem.0.``, ``stem.2.``,
+    ``blocks.i.``, ``head.``), written out independently of convmixer_suite.checkpoint's mapping."""
+    renames = {"0": "stem.0", "2": "stem.2", str(3 + depth + 2): "head"}
+    renames.update({str(3 + i): f"blocks.{i}" for i in range(depth)})
+    out = {}
+    for key, value in state_dict.items():
+        index, rest = key.split(".", 1)
+        out[f"{renames[index]}.{rest}"] = value
+    return out
