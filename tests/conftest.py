@@ -98,3 +98,113 @@ def timm_state_dict(state_dict, depth):
         index, rest = key.split(".", 1)
         out[f"{renames[index]}.{rest}"] = value
     return out
+
+
+# ---- issue 4: runners (an exported small ONNX model, a fake msame on PATH) ------------------------------
+
+FAKE_MSAME = r'''#!/usr/bin/env python3
+"""A stand-in for Ascend's msame: checks its arguments as msame does, runs the .onnx whose path the .om
+file holds on ONNX Runtime, and writes msame's files and log. Each call's argv is appended to
+$FAKE_MSAME_ARGS_LOG (one JSON list per line)."""
+import json, os, sys, time
+from pathlib import Path
+import numpy as np
+import onnxruntime as ort
+
+def fail(msg):
+    print(f"[ERROR] {msg}")
+    sys.exit(1)
+
+argv = sys.argv[1:]
+if os.environ.get("FAKE_MSAME_ARGS_LOG"):
+    with open(os.environ["FAKE_MSAME_ARGS_LOG"], "a") as f:
+        f.write(json.dumps(argv) + "\n")
+if len(argv) % 2:
+    fail("every option takes a value: --flag value")
+opts = dict(zip(argv[0::2], argv[1::2]))
+unknown = set(opts) - {"--model", "--input", "--output", "--outfmt", "--loop", "--device", "--debug"}
+if unknown:
+    fail(f"unknown option {sorted(unknown)}")
+model = opts.get("--model", "")
+if ".om" not in model or not os.path.isfile(model):
+    fail(f"--model must be an existing .om file: {model!r}")
+if "--output" not in opts or "--input" not in opts:
+    fail("--input and --output are required")
+outfmt = opts.get("--outfmt", "TXT")
+if outfmt not in ("TXT", "BIN"):
+    fail(f"--outfmt {outfmt}")
+loop = int(opts.get("--loop", "1"))
+if not 1 <= loop <= 100:
+    fail(f"--loop {loop}: 1..100")
+if not 0 <= int(opts.get("--device", "0")) <= 255:
+    fail("--device 0..255")
+source = Path(opts["--input"])
+files = sorted(p for p in source.iterdir()) if source.is_dir() else [Path(p) for p in opts["--input"].split(",")]
+if source.is_dir():
+    loop = 1
+session = ort.InferenceSession(Path(model).read_text().strip(), providers=["CPUExecutionProvider"])
+now = time.localtime()
+stamp = f"{now.tm_year}{now.tm_mon}{now.tm_mday}_{now.tm_hour}_{now.tm_min}_{now.tm_sec}_{int(time.time() * 1e6) % 1000000}"
+out = Path(opts["--output"]) / stamp
+out.mkdir(parents=True)
+print("[INFO] acl init success")
+times = []
+for path in files:
+    print(f"[INFO] start to process file:{path}")
+    batch = np.fromfile(path, dtype=np.float32).reshape(-1, 3, 224, 224)
+    for _ in range(loop):
+        t0 = time.perf_counter()
+        logits = session.run(None, {"image": batch})[0]
+        times.append((time.perf_counter() - t0) * 1000)
+        print("[INFO] model execute success")
+        print(f"Inference time: {times[-1]:.3f}ms")
+    name = out / f"{path.stem}_output_0.{outfmt.lower()}"
+    if outfmt == "BIN":
+        logits.astype(np.float32).tofile(name)
+    else:
+        name.write_text("".join("".join(f"{v:g} " for v in row) + "\n" for row in logits))
+    print(f"[INFO] output data success")
+if len(files) == 1 and not source.is_dir():
+    print(f"Inference average time: {sum(times) / len(times):f} ms")
+else:
+    rest = times[1:]
+    print(f"Inference average time : {sum(times) / len(times):.2f} ms")
+    print(f"Inference average time without first time: {(sum(rest) / len(rest) if rest else 0):.2f} ms")
+print("[INFO] unload model success, model Id is 1")
+'''
+
+
+def export_small_onnx(model, path, batch_size=None):
+    """The small model as the ModelZoo export writes it (input ``image``, output ``class``, opset 11),
+    with a dynamic batch axis unless ``batch_size`` fixes it; independent of convmixer_suite.export."""
+    import warnings
+    dynamic = None if batch_size else {"image": {0: "batch"}, "class": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, as ModelZoo's
+        torch.onnx.export(model, torch.zeros(batch_size or 1, 3, 224, 224), str(path), input_names=["image"],
+                          output_names=["class"], dynamic_axes=dynamic, opset_version=11, dynamo=False)
+    return Path(path)
+
+
+@pytest.fixture
+def small_onnx(tmp_path, small_model):
+    return export_small_onnx(small_model, tmp_path / "small.onnx")
+
+
+@pytest.fixture
+def fake_msame(tmp_path):
+    """A folder holding an executable fake ``msame``; returns (env with it first on PATH, argv log path)."""
+    bin_dir = tmp_path / "fake_bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "msame"
+    tool.write_text(FAKE_MSAME.replace("#!/usr/bin/env python3", f"#!{sys.executable}", 1))
+    tool.chmod(0o755)
+    args_log = tmp_path / "msame_args.jsonl"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_MSAME_ARGS_LOG": str(args_log)}
+    return env, args_log
+
+
+def fake_om(path, onnx_path):
+    """An .om stand-in for the fake msame: it holds the path of the .onnx to run."""
+    Path(path).write_text(str(Path(onnx_path).resolve()))
+    return Path(path)

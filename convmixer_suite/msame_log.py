@@ -1,0 +1,96 @@
+"""msame's stdout log lines and the timing summary JSON: the one place that writes (and reads) them.
+
+convmixer_infer.py and the streaming evaluation print their timings through these functions, so
+test/parse.py and every existing msame log parser read our logs as they read msame's. The formats are
+msame's (see FORMATS.md): ``Inference time: <x>ms`` per file, and at the end of a folder run
+``Inference average time : %.2f ms`` and ``Inference average time without first time: %.2f ms``; a single
+file run (``--loop``) ends with ``Inference average time: %f ms``.
+"""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from convmixer_suite.cli import write_text_atomic
+
+TIME_LINE_RE = re.compile(r"^Inference time:\s*([\d.]+)\s*ms", re.MULTILINE)
+
+
+def start_line(path) -> str:
+    return f"[INFO] start to process file:{path}"
+
+
+def time_line(latency_ms: float) -> str:
+    return f"Inference time: {latency_ms:.3f}ms"
+
+
+def folder_average_lines(latencies_ms) -> list:
+    """msame's closing lines for a folder input: the mean over all files, then without the first.
+
+    msame prints 0.00 for "without first time" when only one file ran; so do we.
+    """
+    times = list(latencies_ms)
+    mean_ms = float(np.mean(times)) if times else 0.0
+    rest = times[1:]
+    rest_ms = float(np.mean(rest)) if rest else 0.0
+    return [f"Inference average time : {mean_ms:.2f} ms",
+            f"Inference average time without first time: {rest_ms:.2f} ms"]
+
+
+def single_file_average_line(latencies_ms) -> str:
+    """msame's closing line for one input file run ``--loop`` times."""
+    return f"Inference average time: {float(np.mean(list(latencies_ms))):f} ms"
+
+
+def parse_latencies_ms(log_text: str) -> list:
+    """The per-file ``Inference time: <x>ms`` values of an msame log (ours or the real tool's)."""
+    return [float(m) for m in TIME_LINE_RE.findall(log_text)]
+
+
+def latency_stats_ms(latencies_ms) -> dict:
+    """min/mean/median/p90/p99 (ms) of per-batch model-execution latencies, plus their count."""
+    t = np.asarray(list(latencies_ms), dtype=np.float64)
+    if t.size == 0:
+        return {"count": 0}
+    return {"min": float(t.min()), "mean": float(t.mean()), "median": float(np.median(t)),
+            "p90": float(np.percentile(t, 90)), "p99": float(np.percentile(t, 99)),
+            "max": float(t.max()), "count": int(t.size)}
+
+
+def throughput_images_per_s(latencies_ms, batch_size: int) -> float:
+    """Images per second of model execution, as test/parse.py computes it from the log:
+    batch_size * 1000 / mean latency, leaving out the first (warm-up) batch when there are others."""
+    times = list(latencies_ms)
+    steady = times[1:] if len(times) > 1 else times
+    if not steady or not batch_size:
+        return 0.0
+    mean_ms = float(np.mean(steady))
+    return batch_size * 1000.0 / mean_ms if mean_ms > 0 else 0.0
+
+
+def build_summary(latencies_ms, *, batch_size, backend_name, backend_version, threads, precision,
+                  model, input_path, output_dir=None, **extra) -> dict:
+    """The summary JSON's content. ``threads`` None means the runtime's own default; ``input_path`` is
+    stored as given (callers pass the absolute input folder, which is where its manifest.json lives)."""
+    times = list(latencies_ms)
+    summary = {
+        "latency_ms": latency_stats_ms(times),
+        "throughput_images_per_s": throughput_images_per_s(times, batch_size),
+        "throughput_basis": "batch_size * 1000 / mean latency without the first batch (as test/parse.py)",
+        "batch_size": batch_size,
+        "backend": {"name": backend_name, "version": backend_version},
+        "threads": threads,
+        "precision": precision,
+        "model": str(Path(model).resolve()),
+        "input": input_path,
+        "output_dir": str(Path(output_dir).resolve()) if output_dir is not None else None,
+    }
+    summary.update(extra)
+    return summary
+
+
+def write_summary(path, summary: dict) -> Path:
+    path = Path(path)
+    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
+    return path
