@@ -124,9 +124,7 @@ def _read_pickled(path: Path, allow_pickle: bool):
             return torch.load(path, map_location="cpu", weights_only=False)
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except OSError:
-        raise
-    except Exception as exc:  # torch.load raises many types for damaged files; name the cause
+    except Exception as exc:  # torch.load raises many types (OSError too) for damaged files; name the cause
         raise UserError(_pickle_error_message(path, exc)) from None
 
 

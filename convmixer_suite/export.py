@@ -63,7 +63,7 @@ def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None) -> None:
     dummy = torch.zeros(input_shape(batch_size or 1))
     dynamic_axes = None if batch_size else {INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}}
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.simplefilter("ignore")  # deprecation and tracer notes; verify_onnx checks the result
         try:
             torch.onnx.export(model.eval(), dummy, str(path), input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=opset,

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Checkpoint -> ONNX -> Ascend OM, as the ModelZoo guide runs it from the repository root:
+#     bash test/pth2om.sh --batch_size=1 --not_skip_onnx=true
+# Flags (--key=value): --batch_size (1), --not_skip_onnx (true: always export; false: reuse an existing ONNX),
+# --soc_version (from `npu-smi info` when present, else Ascend310P3),
+# --source (checkpoint, ./convmixer_1536_20_ks9_p7.pth.tar).
+# Writes convmixer_1536_20.onnx and, where atc is installed, convmixer_1536_20_bs${batch_size}.om in the
+# current directory. Without atc the OM step is skipped: the ONNX model runs on ONNX Runtime instead.
+set -euo pipefail
+
+readonly PROG="pth2om.sh"
+readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly ONNX_FILE="convmixer_1536_20.onnx"
+readonly OM_BASE="convmixer_1536_20"
+readonly ASCEND_ENV="/usr/local/Ascend/ascend-toolkit/set_env.sh"
+readonly DEFAULT_SOC="Ascend310P3"
+
+batch_size=1
+not_skip_onnx=true
+soc_version=""
+source_path="./convmixer_1536_20_ks9_p7.pth.tar"
+
+die() {
+    echo "$PROG: error: $*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+parse_args() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --batch_size=*) batch_size="${arg#*=}" ;;
+            --not_skip_onnx=*) not_skip_onnx="${arg#*=}" ;;
+            --soc_version=*) soc_version="${arg#*=}" ;;
+            --source=*) source_path="${arg#*=}" ;;
+            -h|--help) usage; exit 0 ;;
+            *) echo "$PROG: error: unknown argument '$arg' (expected --batch_size=N --not_skip_onnx=true|false" \
+                    "--soc_version=SOC --source=CHECKPOINT)" >&2
+               exit 2 ;;
+        esac
+    done
+    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size must be a positive integer, got '$batch_size'"
+    [[ "$not_skip_onnx" == true || "$not_skip_onnx" == false ]] \
+        || die "--not_skip_onnx must be true or false, got '$not_skip_onnx'"
+}
+
+# Asks convmixer_net (the one place these live) for a fact: the checkpoint URL or the input shape.
+model_fact() {
+    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import convmixer_net as n; $1"
+}
+
+# The chip name from `npu-smi info`'s table (a row like "| 0       310P3     | OK ..."), as atc's soc_version.
+detect_soc() {
+    local name=""
+    if command -v npu-smi >/dev/null 2>&1; then
+        name="$(npu-smi info 2>/dev/null | awk -F'|' '$2 ~ /^ *[0-9]+ +[0-9][0-9][0-9][0-9A-Za-z]* *$/ {
+                    split($2, f, " "); print f[2]; exit }')" || name=""
+    fi
+    if [[ -n "$name" ]]; then
+        echo "Ascend${name}"
+    else
+        echo "$DEFAULT_SOC"
+    fi
+}
+
+export_onnx() {
+    if [[ "$not_skip_onnx" == false ]]; then
+        [[ -f "$ONNX_FILE" ]] || die "--not_skip_onnx=false but $PWD/$ONNX_FILE does not exist; rerun with --not_skip_onnx=true"
+        echo "==> 1. reusing $ONNX_FILE (--not_skip_onnx=false)"
+        return
+    fi
+    echo "==> 1. exporting $source_path to $ONNX_FILE"
+    if [[ ! -f "$source_path" ]]; then
+        die "checkpoint $source_path not found; download it from $(model_fact 'print(n.ARCHS[n.DEFAULT_ARCH].url)')" \
+            "or pass --source=PATH"
+    fi
+    python3 "$REPO_DIR/convmixer_pth2onnx.py" --source "$source_path" --target "$ONNX_FILE" \
+        || die "ONNX export of $source_path failed (see the message above)"
+}
+
+compile_om() {
+    local om_name="${OM_BASE}_bs${batch_size}"
+    if ! command -v atc >/dev/null 2>&1; then
+        echo "==> 2. atc (Ascend toolkit) is not installed: skipping the OM step;" \
+             "$ONNX_FILE runs on the embedded ONNX Runtime backend instead"
+        return
+    fi
+    [[ -n "$soc_version" ]] || soc_version="$(detect_soc)"
+    local chw
+    chw="$(model_fact 'print(",".join(map(str, n.DATA_CONFIG.input_size)))')"
+    echo "==> 2. compiling $ONNX_FILE to $om_name.om with atc (soc $soc_version)"
+    local atc_args=(
+        --framework=5 --model="$ONNX_FILE" --output="$om_name" --input_format=NCHW
+        --input_shape="image:${batch_size},${chw}" --log=error --soc_version="$soc_version"
+        --op_select_implmode=high_performance --optypelist_for_implmode="Gelu"
+    )
+    atc "${atc_args[@]}" || die "atc failed (exit $?) compiling $ONNX_FILE"
+    [[ -f "$om_name.om" ]] || die "atc reported success but $PWD/$om_name.om was not written"
+    echo "==> 3. wrote $om_name.om"
+}
+
+main() {
+    parse_args "$@"
+    if [[ -f "$ASCEND_ENV" ]]; then
+        set +u  # the toolkit's script reads unset variables
+        # shellcheck disable=SC1090
+        source "$ASCEND_ENV"
+        set -u
+    fi
+    export_onnx
+    compile_om
+}
+
+main "$@"
