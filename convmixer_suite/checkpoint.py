@@ -102,11 +102,8 @@ def _looks_like(head: bytes) -> str:
     for magic, kind in KNOWN_NON_CHECKPOINTS.items():
         if head.startswith(magic):
             return kind
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError:
-        return "some other binary file"
+    text = head.decode("utf-8", errors="replace")
+    return "a text file" if all(c.isprintable() or c.isspace() for c in text) else "some other binary file"
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -140,8 +137,8 @@ def _pickle_error_message(path: Path, exc: Exception) -> str:
 
 def _first_sentence(exc: Exception) -> str:
     """The gist of a library's error: its first sentence, without the advice that follows."""
-    text = " ".join(str(exc).split())
-    return (text.split(". ")[0].rstrip(".")[:160] or type(exc).__name__) if text else type(exc).__name__
+    first = " ".join(str(exc).split()).split(". ")[0].rstrip(".")
+    return first[:160] or type(exc).__name__
 
 
 # ---- normalising the layout ------------------------------------------------------------------------
