@@ -1,0 +1,302 @@
+"""From msame / ais_bench output files and val_label.txt to top-k accuracy and the ModelZoo JSON.
+
+Output layouts read (see FORMATS.md): the folder given, or the one subfolder of it that holds output files
+(msame's ``20210723_145039`` / ``2022516_3_8_36_123456``, ais_bench's ``2023_01_03-10_11_12`` or
+``--output_dirname``); files ``input_NNNNN_output_0.txt|bin`` (msame) or ``input_NNNNN_0.txt|bin|npy``
+(ais_bench); summary files (``*_summary.json``, ``sumary.json``) are not outputs. Each file holds one row of
+logits per batch row, padding rows included; a manifest (convmixer_suite.manifest) says which rows are
+images, else rows map by position: row j is ``ILSVRC2012_val_{j+1:08d}`` and rows past the labels are padding.
+
+This module is also the one writer of the accuracy JSON and of the printed ``top1:…% top5:…%`` line.
+"""
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from convmixer_suite.cli import UserError, write_text_atomic
+from convmixer_suite.manifest import MANIFEST_NAME, Manifest
+
+OUTPUT_PATTERNS = (re.compile(r"^input_(\d+)_output_0\.(txt|bin)$"),  # msame
+                   re.compile(r"^input_(\d+)_0\.(txt|bin|npy)$"))  # ais_bench
+OUTPUT_NAMES = "input_NNNNN_output_0.txt|bin (msame) or input_NNNNN_0.txt|bin|npy (ais_bench)"
+BACKGROUND_CLASSES = 1001  # outputs with a leading background class: class 0 is dropped
+
+
+# ---- locating and reading output files --------------------------------------------------------------
+
+def output_files(folder: Path) -> dict:
+    """{batch index: output file} for the files in ``folder`` named as msame or ais_bench name them."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        match = next((m for m in (p.match(path.name) for p in OUTPUT_PATTERNS) if m), None)
+        if match is None or not path.is_file():
+            continue
+        k = int(match.group(1))
+        if k in found:
+            raise UserError(f"{folder}: two output files for batch {k}: {found[k].name} and {path.name}")
+        found[k] = path
+    return found
+
+
+def find_results_folder(folder) -> Path:
+    """``folder`` itself when it holds output files, else its subfolder that does (the newest if several)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such output folder")
+    if output_files(folder):
+        return folder
+    candidates = [d for d in sorted(folder.iterdir()) if d.is_dir() and output_files(d)]
+    if not candidates:
+        raise UserError(f"{folder}: no output files ({OUTPUT_NAMES}) here or in a subfolder")
+    if len(candidates) > 1:
+        newest = max(candidates, key=lambda d: d.stat().st_mtime)
+        print(f"note: {folder} holds {len(candidates)} result folders; using the newest, {newest.name}",
+              file=sys.stderr)
+        return newest
+    return candidates[0]
+
+
+def read_output_file(path: Path, batch_size: int) -> np.ndarray:
+    """One output file as float64 [batch_size, classes]; UserError naming it when malformed."""
+    try:
+        values = parse_output_file(path, batch_size)
+    except ValueError as exc:
+        raise UserError(f"{path}: malformed output file ({exc})") from None
+    if values.size == 0 or values.size % batch_size:
+        raise UserError(f"{path}: {values.size} values do not make {batch_size} rows (batch size)")
+    if not np.isfinite(values).all():
+        raise UserError(f"{path}: holds NaN or infinite values")
+    return values.reshape(batch_size, -1)
+
+
+def parse_output_file(path: Path, batch_size: int) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".bin":
+        data = path.read_bytes()
+        if len(data) % 4:
+            raise ValueError(f"{len(data)} bytes is not a whole number of float32 values")
+        return np.frombuffer(data, dtype="<f4").astype(np.float64)
+    if suffix == ".npy":
+        return np.asarray(np.load(path, allow_pickle=False), dtype=np.float64)
+    return parse_txt_rows(path.read_text(encoding="ascii", errors="replace"), batch_size)
+
+
+def parse_txt_rows(text: str, batch_size: int) -> np.ndarray:
+    """msame TXT: one line per batch row, values separated (and followed) by spaces."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if len(rows) not in (1, batch_size):
+        raise ValueError(f"{len(rows)} rows, expected {batch_size} (batch size)")
+    if len({len(row) for row in rows}) > 1:
+        raise ValueError("rows of different lengths")
+    return np.array(rows, dtype=np.float64)
+
+
+# ---- labels and the row -> image map --------------------------------------------------------------
+
+def image_key(name: str) -> str:
+    """Images are matched to labels by file stem (``n01440764/ILSVRC2012_val_00000293.JPEG`` ->
+    ``ILSVRC2012_val_00000293``), as val_label.txt names them with their extension."""
+    return Path(name).stem
+
+
+def read_labels(path) -> dict:
+    """val_label.txt (``ILSVRC2012_val_00000001.JPEG 65`` per line) -> {image stem: class index}."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read label file ({exc})") from None
+    labels = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            raise UserError(f"{path}: line {number}: expected 'image_name class_index', got {line.strip()!r}")
+        key = image_key(fields[0])
+        if labels.get(key, int(fields[1])) != int(fields[1]):
+            raise UserError(f"{path}: line {number}: {fields[0]} has two different labels")
+        labels[key] = int(fields[1])
+    if not labels:
+        raise UserError(f"{path}: no labels in the file")
+    return labels
+
+
+def positional_names(num_labels: int) -> list:
+    return [f"ILSVRC2012_val_{j + 1:08d}" for j in range(num_labels)]
+
+
+def scored_rows(manifest: "Manifest | None", batch_size: int, labels: dict, labels_path) -> dict:
+    """{batch: (rows, labels, names)} for every output row that is a real image, with its label."""
+    if manifest is not None:
+        rows = list(manifest.scored_rows())
+    else:
+        names = positional_names(len(labels))
+        rows = [(j // batch_size, j % batch_size, name) for j, name in enumerate(names)]
+    if not rows:
+        raise UserError("nothing to score: the manifest lists no real images")
+    keys = [image_key(name) for _, _, name in rows]
+    if len(set(keys)) != len(keys):
+        raise UserError("the manifest names two images with the same file name; labels would be ambiguous")
+    by_batch = {}
+    for (k, row, name), key in zip(rows, keys):
+        if key not in labels:
+            raise UserError(f"{labels_path}: no label for image {name}")
+        by_batch.setdefault(k, ([], [], []))
+        for column, value in zip(by_batch[k], (row, labels[key], name)):
+            column.append(value)
+    return by_batch
+
+
+def check_batches_present(files: dict, by_batch: dict, folder: Path, num_batches: int) -> None:
+    """Refuse a shortened set: every batch holding a real image needs its output file, and no extras."""
+    missing = sorted(k for k in by_batch if k not in files)
+    if missing:
+        n_images = sum(len(by_batch[k][0]) for k in missing)
+        raise UserError(f"{folder}: output files missing for {n_images} images in {len(missing)} batches "
+                        f"(first: {by_batch[missing[0]][2][0]}, batch input_{missing[0]:05d})")
+    extra = sorted(k for k in files if k >= num_batches)
+    if extra:
+        raise UserError(f"{folder}: {len(extra)} output files past the {num_batches} batches of the run "
+                        f"(first: {files[extra[0]].name}; wrong --batch-size, labels or manifest?)")
+
+
+# ---- top-k accuracy -----------------------------------------------------------------------------------
+
+def label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Position of each label in its row sorted by descending logit (ties: lower class first).
+
+    The same order as ``np.argsort(-row, kind="stable")``, without sorting.
+    """
+    label_logit = logits[np.arange(len(labels)), labels][:, None]
+    classes = np.arange(logits.shape[1])[None, :]
+    higher = (logits > label_logit) | ((logits == label_logit) & (classes < labels[:, None]))
+    return higher.sum(axis=1)
+
+
+class TopKAccuracy:
+    """Counts top-1 … top-k hits over batches of logits; 1001-class outputs drop class 0 (background)."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+        self.hits = np.zeros(k, dtype=np.int64)
+        self.num_images = 0
+        self.num_classes = None
+        self._first_source = None
+
+    def update(self, logits: np.ndarray, labels, source="outputs") -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if not len(labels):
+            return
+        if self.num_classes is None:
+            self.num_classes, self._first_source = logits.shape[1], source
+        elif logits.shape[1] != self.num_classes:
+            raise UserError(f"{source}: wrong length, {logits.shape[1]} values per row where "
+                            f"{self._first_source} has {self.num_classes}")
+        if self.num_classes == BACKGROUND_CLASSES:
+            logits = logits[:, 1:]
+        if self.k > logits.shape[1] or (labels >= logits.shape[1]).any():
+            raise UserError(f"{source}: {logits.shape[1]}-class outputs cannot score top-{self.k} "
+                            f"with labels up to {labels.max()}")
+        ranks = label_ranks(logits, labels)
+        self.hits += (ranks[:, None] < np.arange(1, self.k + 1)[None, :]).sum(axis=0)
+        self.num_images += len(labels)
+
+    def accuracies(self) -> list:
+        """[top-1, …, top-k] as fractions."""
+        if not self.num_images:
+            raise UserError("nothing to score: no images")
+        return [int(h) / self.num_images for h in self.hits]
+
+
+def score_outputs(results: Path, labels_path, manifest: "Manifest | None", batch_size: int,
+                  k: int = 5) -> TopKAccuracy:
+    """Score every real image of the run whose output files are in ``results`` (find_results_folder)."""
+    files = output_files(results)
+    labels = read_labels(labels_path)
+    by_batch = scored_rows(manifest, batch_size, labels, labels_path)
+    num_batches = manifest.num_batches if manifest else max(by_batch) + 1
+    check_batches_present(files, by_batch, results, num_batches)
+    counter = TopKAccuracy(k)
+    for batch_index in sorted(files):
+        logits = read_output_file(files[batch_index], batch_size)
+        if batch_index in by_batch:
+            rows, batch_labels, _ = by_batch[batch_index]
+            counter.update(logits[rows], batch_labels, source=files[batch_index])
+    return counter
+
+
+# ---- locating the manifest ----------------------------------------------------------------------------
+
+def find_manifest(folder, results: Path) -> "Path | None":
+    """The manifest of the inputs behind ``results``: a manifest.json in the output folders, else beside
+    the input folder that an ais_bench-style summary JSON records (``args`` --input, or ``input``)."""
+    folder = Path(folder)
+    for candidate in (results / MANIFEST_NAME, folder / MANIFEST_NAME):
+        if candidate.is_file():
+            return candidate
+    summaries = [results.with_name(results.name + "_summary.json"), results / "sumary.json",
+                 *sorted(results.glob("*summary.json")), *sorted(folder.glob("*summary.json"))]
+    for summary in summaries:
+        input_folder = summary_input_folder(summary)
+        if input_folder is not None and (input_folder / MANIFEST_NAME).is_file():
+            return input_folder / MANIFEST_NAME
+    return None
+
+
+def summary_input_folder(summary: Path) -> "Path | None":
+    """The input folder a summary JSON records, or None."""
+    try:
+        info = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    args = info.get("args")
+    value = info.get("input")
+    if isinstance(args, dict):
+        value = args.get("input", value)
+    elif isinstance(args, list):
+        value = argv_value(args, "--input") or value
+    if not isinstance(value, str) or not value:
+        return None
+    first = Path(value.split(",")[0])
+    return first if first.is_dir() else first.parent
+
+
+def argv_value(argv: list, flag: str) -> "str | None":
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return str(argv[i + 1])
+        if isinstance(arg, str) and arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None
+
+
+# ---- reporting: the one writer of the ModelZoo JSON and the printed line ------------------------------
+
+def accuracy_percent(fraction: float) -> str:
+    """ModelZoo's rounding: ``str(round(acc * 100, 2)) + "%"``."""
+    return str(round(fraction * 100, 2)) + "%"
+
+
+def write_accuracy_json(path, num_images: int, num_classes: int, topk) -> Path:
+    """The ModelZoo accuracy JSON; ``topk`` is [top-1, …, top-k] as fractions."""
+    table = {"title": "Overall statistical evaluation", "value": [
+        {"key": "Number of images", "value": str(num_images)},
+        {"key": "Number of classes", "value": str(num_classes)},
+        *({"key": f"Top{i} accuracy", "value": accuracy_percent(acc)} for i, acc in enumerate(topk, 1)),
+    ]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(table) + "\n")
+    return path
+
+
+def format_accuracy_line(topk) -> str:
+    """``top1:81.35% top5:95.5%`` (top-1, top-5 and the last k when it is neither)."""
+    shown = sorted({1, len(topk)} | ({5} if len(topk) >= 5 else set()))
+    return " ".join(f"top{k}:{accuracy_percent(topk[k - 1])}" for k in shown)
