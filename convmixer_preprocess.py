@@ -156,15 +156,15 @@ def main(argv=None):
     present = manifest.num_batches - len(todo)
     if present:
         print(f"resuming: {present} of {manifest.num_batches} batch files already present, skipped")
-    start = time.perf_counter()
     if todo:
+        start = time.perf_counter()
         run_batches(folder, manifest, paths, todo, args.workers, args.skip_bad)
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        done_images = count_images(paths, args.batch_size, todo)
+        print(f"wrote {len(todo)} batch files ({done_images} images, batch size {args.batch_size}) to {folder} "
+              f"in {seconds:.1f} s: {done_images / seconds:.1f} images/s")
     manifest.complete = True
     write_manifest(folder, manifest)
-    done_images = count_images(paths, args.batch_size, todo)
-    print(f"wrote {len(todo)} batch files ({done_images} images, batch size {args.batch_size}) to {folder} "
-          f"in {seconds:.1f} s: {done_images / max(seconds, 1e-9):.1f} images/s")
     print(f"{manifest.num_images} images in {manifest.num_batches} batch files, "
           f"{len(manifest.skipped)} bad images left out; manifest: {manifest_path(folder)}")
 
