@@ -1,0 +1,77 @@
+"""Streaming evaluation against the file-based flow (preprocess -> infer -> eval_acc) on the same photos."""
+import numpy as np
+import pytest
+
+from conftest import run_script, write_photo
+from convmixer_suite.backends import create_backend
+from convmixer_suite.transform import EvalTransform, list_images, load_batch
+
+BS = 3  # seven photos: the last batch has two padding rows
+
+
+@pytest.fixture
+def labelled(tmp_path, photo_folder, small_onnx):
+    """val_label.txt where four photos carry the label PyTorch-equivalent fp32 predicts and three another
+    one, so top-1 is 4/7 and a misplaced row would change it."""
+    paths, _ = list_images(photo_folder)
+    logits = create_backend("onnxruntime", small_onnx).predict(load_batch(paths, EvalTransform())[0])
+    labels = [int(row.argmax()) if i < 4 else int(np.argsort(row)[-3]) for i, row in enumerate(logits)]
+    label_file = tmp_path / "val_label.txt"
+    label_file.write_text("".join(f"{p.name} {label}\n" for p, label in zip(paths, labels)))
+    return label_file
+
+
+def stream_eval(small_onnx, images, labels, out, *extra):
+    return run_script("convmixer_stream_eval.py", "--model", small_onnx, "--image-path", images,
+                      "--annotation-file-path", labels, "--result-json-path", out, "--json-file-name",
+                      f"result_bs{BS}.json", "--batch-size", BS, "--workers", 2, *extra)
+
+
+def file_flow(small_onnx, images, labels, work, *extra):
+    prep, outputs = work / "prep", work / "outputs"
+    run_script("convmixer_preprocess.py", "--image-path", images, "--prep-image", prep, "--batch-size", BS,
+               *extra, check=True)
+    run_script("convmixer_infer.py", "--model", small_onnx, "--input", prep, "--output", outputs, check=True)
+    run_script("convmixer_eval_acc.py", "--folder-davinci-target", outputs, "--annotation-file-path", labels,
+               "--result-json-path", work, "--json-file-name", f"result_bs{BS}.json", "--batch-size", BS,
+               check=True)
+    return (work / f"result_bs{BS}.json").read_text()
+
+
+def test_stream_gives_the_file_flows_json_and_writes_no_data_files(tmp_path, small_onnx, photo_folder, labelled):
+    expected = file_flow(small_onnx, photo_folder, labelled, tmp_path / "files")
+    assert '"Top1 accuracy", "value": "57.14%"' in expected
+    out = tmp_path / "stream"
+    result = stream_eval(small_onnx, photo_folder, labelled, out)
+    assert result.returncode == 0, result.stderr
+    assert (out / f"result_bs{BS}.json").read_text() == expected
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(tmp_path / "files")]
+    assert not [p for p in written if p.suffix in (".bin", ".txt") and p != labelled]
+    assert result.stdout.count("Inference time:") == 3  # one per batch, as msame logs per file
+    assert "top1:57.14%" in result.stdout
+    assert "pipeline" in result.stdout and "images/s" in result.stdout
+    log = tmp_path / "stream.log"
+    log.write_text(result.stdout)
+    parsed = run_script("test/parse.py", "--result-file", log, "--batch-size", BS)
+    assert parsed.returncode == 0 and parsed.stdout.startswith(f"bs{BS} fps:")
+    summary = (out / f"result_bs{BS}_stream_summary.json").read_text()
+    assert '"end_to_end_images_per_s"' in summary and '"pipeline_overhead_ratio"' in summary
+
+
+def test_bad_image_stops_the_stream_or_is_skipped_like_the_file_flow(tmp_path, small_onnx, photo_folder, labelled):
+    bad = photo_folder / "ILSVRC2012_val_00000004.JPEG"
+    bad.write_bytes(b"not a jpeg")
+    stopped = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "s1")
+    assert stopped.returncode == 2 and "ILSVRC2012_val_00000004.JPEG" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and not (tmp_path / "s1" / f"result_bs{BS}.json").exists()
+    expected = file_flow(small_onnx, photo_folder, labelled, tmp_path / "files", "--skip-bad")
+    skipped = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "s2", "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert (tmp_path / "s2" / f"result_bs{BS}.json").read_text() == expected
+    assert '"Number of images", "value": "6"' in expected
+
+
+def test_an_unlabelled_image_is_refused_by_name(tmp_path, small_onnx, photo_folder, labelled):
+    write_photo(photo_folder / "extra_photo.JPEG", seed=9)
+    result = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "out")
+    assert result.returncode == 2 and "extra_photo.JPEG" in result.stderr and "no label" in result.stderr
