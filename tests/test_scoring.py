@@ -1,6 +1,7 @@
 """convmixer_eval_acc.py / convmixer_suite.scoring: every msame and ais_bench output layout scores to exactly
 the top-k that the logits and labels give; every bad input is one error line."""
 import json
+import os
 import shutil
 
 import numpy as np
@@ -272,3 +273,12 @@ def test_bad_manifest_input_is_refused(tmp_path):
 def test_unknown_folder_is_refused(tmp_path):
     with pytest.raises(UserError, match="no such output folder"):
         evaluate(tmp_path / "nowhere", tmp_path / "val_label.txt", tmp_path)
+
+
+def test_newest_of_several_result_folders(tmp_path, capsys):
+    """A second msame run adds a second timestamp folder; the newest is scored, and the note says so."""
+    out, labels_file, logits, labels = positional_run(tmp_path, sub="20210723_145039")
+    old = write_outputs(out / "20210722_101010", np.zeros((12, 1000)), 4, "msame_txt")
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    assert_scores(evaluate(out, labels_file, tmp_path, "--batch-size", "4"), logits, labels)
+    assert "using the newest, 20210723_145039" in capsys.readouterr().err
