@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Quick start: the guide's whole flow (checkpoint -> ONNX -> inference -> accuracy and speed) on this machine.
+#     bash test/demo.sh [--datasets_path=/opt/npu/imageNet] [--batch_size=1] [--num_images=8]
+#                       [--backend=auto] [--work_dir=./demo_work] [--install=true]
+# Installs requirements.txt (--install=false skips it), then works inside --work_dir. It uses the real
+# checkpoint convmixer_1536_20_ks9_p7.pth.tar when it is in the current directory or the repository,
+# otherwise writes RANDOM_WEIGHTS_convmixer_1536_20.pth.tar (seeded random weights: accuracy means nothing).
+# It uses --datasets_path (val/ and val_label.txt) when given, otherwise generates --num_images pictures in
+# ImageNet layout with rule-based labels (accuracy on them means nothing). Then it runs test/pth2om.sh and
+# test/eval_acc_perf.sh and prints their accuracy and performance figures.
+set -euo pipefail
+
+readonly PROG="demo.sh"
+readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly CHECKPOINT="convmixer_1536_20_ks9_p7.pth.tar"
+readonly RANDOM_CHECKPOINT="RANDOM_WEIGHTS_convmixer_1536_20.pth.tar"
+
+datasets_path=""
+batch_size=1
+num_images=8
+backend="auto"
+work_dir="./demo_work"
+install=true
+
+die() {
+    echo "$PROG: error: $*" >&2
+    exit 1
+}
+
+parse_args() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --datasets_path=*) datasets_path="${arg#*=}" ;;
+            --batch_size=*) batch_size="${arg#*=}" ;;
+            --num_images=*) num_images="${arg#*=}" ;;
+            --backend=*) backend="${arg#*=}" ;;
+            --work_dir=*) work_dir="${arg#*=}" ;;
+            --install=*) install="${arg#*=}" ;;
+            -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            *) die "unknown argument '$arg' (see --help)" ;;
+        esac
+    done
+    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
+    [[ "$num_images" =~ ^[1-9][0-9]*$ ]] || die "--num_images=$num_images: must be a positive integer"
+    [[ "$install" == true || "$install" == false ]] || die "--install=$install: must be true or false"
+}
+
+demo_data() {
+    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -m convmixer_suite.demo_data "$@"
+}
+
+# find_checkpoint: the real checkpoint's absolute path, or nothing.
+find_checkpoint() {
+    local candidate
+    for candidate in "./$CHECKPOINT" "$REPO_DIR/$CHECKPOINT"; do
+        if [[ -f "$candidate" ]]; then
+            echo "$(cd "$(dirname "$candidate")" && pwd)/$CHECKPOINT"
+            return 0
+        fi
+    done
+    return 0
+}
+
+parse_args "$@"
+if [[ -n "$datasets_path" ]]; then
+    [[ -d "$datasets_path" ]] || die "--datasets_path=$datasets_path: no such folder"
+    datasets_path="$(cd "$datasets_path" && pwd)"
+fi
+real_checkpoint="$(find_checkpoint)"
+
+if [[ "$install" == true ]]; then
+    echo "==> 1. installing requirements.txt"
+    python3 -m pip install --quiet --disable-pip-version-check -r "$REPO_DIR/requirements.txt" \
+        || die "step 1 (pip install -r requirements.txt) failed"
+else
+    echo "==> 1. installing requirements.txt: skipped (--install=false)"
+fi
+
+mkdir -p "$work_dir"
+cd "$work_dir"
+echo "    working in $(pwd)"
+
+echo "==> 2. checkpoint"
+accuracy_note=""
+if [[ -n "$real_checkpoint" ]]; then
+    source_path="$real_checkpoint"
+    echo "    using the real checkpoint $source_path"
+else
+    source_path="./$RANDOM_CHECKPOINT"
+    if [[ ! -f "$source_path" ]]; then
+        demo_data checkpoint "$source_path" || die "step 2 (writing a random checkpoint) failed"
+    fi
+    echo "    $CHECKPOINT not found: using $source_path (seeded RANDOM weights)"
+    accuracy_note="RANDOM weights: this accuracy means nothing; put $CHECKPOINT in the directory you run this from, or in $REPO_DIR, for real figures."
+fi
+
+echo "==> 3. images"
+if [[ -z "$datasets_path" ]]; then
+    datasets_path="$(pwd)/imagenet_sample"
+    demo_data dataset "$datasets_path" --num-images "$num_images" || die "step 3 (generating sample images) failed"
+    accuracy_note="${accuracy_note:+$accuracy_note }Generated pictures with rule-based labels: this accuracy means nothing."
+else
+    echo "    using $datasets_path"
+fi
+
+# nested: run a wrapper script with its output indented under this script's step
+nested() {
+    "$@" | sed -u 's/^/    /'
+}
+
+echo "==> 4. bash test/pth2om.sh --batch_size=$batch_size --not_skip_onnx=true --source=$source_path"
+nested bash "$REPO_DIR/test/pth2om.sh" --batch_size="$batch_size" --not_skip_onnx=true --source="$source_path" \
+    || die "step 4 (test/pth2om.sh) failed"
+
+echo "==> 5. bash test/eval_acc_perf.sh --batch_size=$batch_size --datasets_path=$datasets_path --backend=$backend"
+eval_args=(--batch_size="$batch_size" --datasets_path="$datasets_path" --backend="$backend" --fresh=true)
+[[ "$backend" == torch ]] && eval_args+=(--model="$source_path")
+nested bash "$REPO_DIR/test/eval_acc_perf.sh" "${eval_args[@]}" || die "step 5 (test/eval_acc_perf.sh) failed"
+
+echo "==> 6. results (in $(pwd))"
+echo "performance (model execution, from ./msame_bs${batch_size}.txt):"
+python3 "$REPO_DIR/test/parse.py" --result-file "./msame_bs${batch_size}.txt" --batch-size "$batch_size"
+echo "accuracy (from ./result/result_bs${batch_size}.json):"
+python3 "$REPO_DIR/test/parse.py" --result-file "./result/result_bs${batch_size}.json"
+if [[ -n "$accuracy_note" ]]; then
+    echo "NOTE: $accuracy_note"
+fi

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Accuracy and speed end to end, as the ModelZoo guide runs it from the directory holding the model:
+#     bash ./test/eval_acc_perf.sh --batch_size=1 --datasets_path=/opt/npu/imageNet
+# Flags (--key=value):
+#   --batch_size (1)   --datasets_path (/opt/npu/imageNet: images in val/, labels in val_label.txt)
+#   --backend (auto: msame for the .om when msame is on PATH, else onnxruntime; or onnxruntime,
+#              openvino, torch, msame, ais_bench)
+#   --model (./convmixer_1536_20_bs${bs}.om for msame/ais_bench and for auto when msame is on PATH and the
+#            .om exists; ./convmixer_1536_20_ks9_p7.pth.tar for torch; else ./convmixer_1536_20.onnx)
+#   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
+#   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
+#   --stream (false; true: one streaming pass with convmixer_stream_eval.py instead of steps 1-3)
+#   --fresh (false; true: delete this batch size's earlier outputs first instead of resuming them)
+# Writes ./prep_image_bs${bs}/, ./result/outputs_bs${bs}_om/, ./msame_bs${bs}.txt, ./result/result_bs${bs}.json.
+set -euo pipefail
+
+readonly PROG="eval_acc_perf.sh"
+readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+batch_size=1
+datasets_path="/opt/npu/imageNet"
+backend="auto"
+model=""
+precision="fp32"
+calib=""
+threads=""
+device=""
+stream=false
+fresh=false
+
+die() {
+    echo "$PROG: error: $*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+parse_args() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --batch_size=*) batch_size="${arg#*=}" ;;
+            --datasets_path=*) datasets_path="${arg#*=}" ;;
+            --backend=*) backend="${arg#*=}" ;;
+            --model=*) model="${arg#*=}" ;;
+            --precision=*) precision="${arg#*=}" ;;
+            --calib=*) calib="${arg#*=}" ;;
+            --threads=*) threads="${arg#*=}" ;;
+            --device=*) device="${arg#*=}" ;;
+            --stream=*) stream="${arg#*=}" ;;
+            --fresh=*) fresh="${arg#*=}" ;;
+            -h|--help) usage; exit 0 ;;
+            *) die "unknown argument '$arg' (see --help)" ;;
+        esac
+    done
+    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
+    [[ "$stream" == true || "$stream" == false ]] || die "--stream=$stream: must be true or false"
+    [[ "$fresh" == true || "$fresh" == false ]] || die "--fresh=$fresh: must be true or false"
+}
+
+default_model() {
+    local om="./convmixer_1536_20_bs${batch_size}.om"
+    case "$backend" in
+        msame|ais_bench) echo "$om" ;;
+        torch) echo "./convmixer_1536_20_ks9_p7.pth.tar" ;;
+        auto) if command -v msame >/dev/null && [[ -f "$om" ]]; then echo "$om"; else echo "./convmixer_1536_20.onnx"; fi ;;
+        *) echo "./convmixer_1536_20.onnx" ;;
+    esac
+}
+
+# run_step NAME LOG CMD...: run CMD (its stdout also into LOG when LOG is not empty), time it,
+# and stop the script with a line naming the step when it fails.
+run_step() {
+    local name="$1" log="$2" status=0
+    shift 2
+    step_started=$(date +%s.%N)
+    if [[ -n "$log" ]]; then
+        "$@" | tee "$log" || status=$?
+    else
+        "$@" || status=$?
+    fi
+    if (( status != 0 )); then
+        echo "$PROG: error: step '$name' failed (exit $status)" >&2
+        exit "$status"
+    fi
+    step_seconds=$(echo "$step_started $(date +%s.%N)" | awk '{printf "%.3f", $2 - $1}')
+}
+
+# report_rate NAME SECONDS: one "<name>: N images in S s, R images/s" line, N from the manifest.
+report_rate() {
+    awk -v name="$1" -v n="$num_images" -v s="$2" \
+        'BEGIN { printf "    %s: %d images in %.2f s, %.2f images/s (wall clock, start-up included)\n", name, n, s, (s > 0 ? n / s : 0) }'
+}
+
+count_images() {
+    python3 -c 'import sys; sys.path.insert(0, sys.argv[1])
+from convmixer_suite.manifest import read_manifest
+m = read_manifest(sys.argv[2]); print(m.num_images if m else 0)' "$REPO_DIR" "$1"
+}
+
+parse_args "$@"
+[[ -n "$model" ]] || model="$(default_model)"
+readonly bs="$batch_size"
+readonly image_dir="${datasets_path}/val"
+readonly label_file="${datasets_path}/val_label.txt"
+readonly prep_dir="./prep_image_bs${bs}"
+readonly output_dir="./result/outputs_bs${bs}_om"
+readonly log_file="./msame_bs${bs}.txt"
+readonly result_json="result_bs${bs}.json"
+
+[[ -d "$image_dir" ]] || die "$image_dir: no such folder (--datasets_path must hold val/ and val_label.txt)"
+[[ -f "$label_file" ]] || die "$label_file: no such file (--datasets_path must hold val/ and val_label.txt)"
+[[ -e "$model" ]] || die "$model: model not found (make it with: bash test/pth2om.sh --batch_size=$bs; or pass --model=)"
+mkdir -p ./result
+
+runtime_args=(--model "$model" --backend "$backend" --precision "$precision")
+[[ -n "$threads" ]] && runtime_args+=(--threads "$threads")
+[[ -n "$calib" ]] && runtime_args+=(--calib "$calib")
+[[ -n "$device" ]] && runtime_args+=(--device "$device")
+if [[ "$fresh" == true ]]; then
+    rm -rf -- "$output_dir"
+fi
+
+if [[ "$stream" == true ]]; then
+    stream_script="$REPO_DIR/convmixer_stream_eval.py"
+    [[ -f "$stream_script" ]] || die "--stream=true needs $stream_script, which this checkout does not have"
+    echo "==> 1. streaming evaluation of $image_dir (preprocess, inference, scoring in one pass), log $log_file"
+    run_step "1. streaming evaluation" "$log_file" python3 "$stream_script" "${runtime_args[@]}" \
+        --image-path "$image_dir" --annotation-file-path "$label_file" --result-json-path ./result \
+        --json-file-name "$result_json" --batch-size "$bs"
+    echo "    streaming evaluation: $step_seconds s wall clock"
+    results_step=2
+else
+    echo "==> 1. preprocessing $image_dir into $prep_dir"
+    run_step "1. preprocessing" "" python3 "$REPO_DIR/convmixer_preprocess.py" --image-path "$image_dir" \
+        --prep-image "$prep_dir" --batch-size "$bs"
+    num_images="$(count_images "$prep_dir")"
+    report_rate "preprocessing" "$step_seconds"
+
+    echo "==> 2. inference ($backend, $model) into $output_dir, log $log_file"
+    run_step "2. inference" "$log_file" python3 "$REPO_DIR/convmixer_infer.py" "${runtime_args[@]}" \
+        --input "$prep_dir" --output "$output_dir" --outfmt TXT --resume latest
+    report_rate "inference" "$step_seconds"
+    echo "    (model execution alone, as msame measures it, is the performance data below)"
+
+    echo "==> 3. scoring against $label_file into ./result/$result_json"
+    run_step "3. scoring" "" python3 "$REPO_DIR/convmixer_eval_acc.py" --folder-davinci-target "$output_dir/" \
+        --annotation-file-path "$label_file" --result-json-path ./result --json-file-name "$result_json" \
+        --batch-size "$bs"
+    report_rate "scoring" "$step_seconds"
+    results_step=4
+fi
+
+echo "==> $results_step. results"
+echo "====performance data===="
+run_step "$results_step. performance data" "" python3 "$REPO_DIR/test/parse.py" --result-file "$log_file" \
+    --batch-size "$bs"
+echo "====accuracy data===="
+run_step "$results_step. accuracy data" "" python3 "$REPO_DIR/test/parse.py" --result-file "./result/$result_json"

@@ -1,0 +1,210 @@
+"""test/eval_acc_perf.sh end to end on a small ConvMixer and generated photos, scored against labels
+derived here from PyTorch's own predictions (so top-1 must be exactly what the labels make it)."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, fake_om, run_script, seeded_model, write_photo
+from convmixer_suite.transform import EvalTransform, list_images, load_rgb
+
+NUM_PHOTOS = 7  # with batch size 2: three full batches and one padded
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    """ImageNet-layout photos, a small model whose top-1 differs from photo to photo, its checkpoint and
+    its ONNX export by convmixer_pth2onnx.py, and the class PyTorch predicts for each photo."""
+    datasets = tmp_path_factory.mktemp("imagenet")
+    sizes = [(500, 375), (375, 500), (224, 224), (640, 427), (233, 300), (1024, 683), (250, 250)]
+    for i, size in enumerate(sizes[:NUM_PHOTOS]):
+        write_photo(datasets / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=size, seed=i)
+    images, _ = list_images(datasets / "val")
+    transform = EvalTransform()
+    batch = torch.from_numpy(np.stack([transform(load_rgb(p)) for p in images]))
+    model = seeded_model()
+    with torch.no_grad():
+        # a random small ConvMixer gives every photo the same class; centring the head on these
+        # photos' mean feature makes the prediction depend on each photo
+        features = model[:-1](batch)
+        model[-1].bias.copy_(-model[-1].weight @ features.mean(dim=0))
+        predicted = model(batch).argmax(dim=1).tolist()
+    assert len(set(predicted)) >= 5
+
+    folder = tmp_path_factory.mktemp("model")
+    checkpoint = folder / "small.pth.tar"
+    torch.save(model.state_dict(), checkpoint)
+    onnx = folder / "convmixer_1536_20.onnx"
+    result = run_script("convmixer_pth2onnx.py", "--source", checkpoint, "--target", onnx)
+    assert result.returncode == 0, result.stderr
+    return datasets, {p.name: c for p, c in zip(images, predicted)}, checkpoint, onnx
+
+
+def write_labels(datasets, predictions, wrong=()):
+    """val_label.txt with PyTorch's predictions as labels, except the images listed in ``wrong``."""
+    lines = [f"{name} {(label + 1) % 1000 if name in wrong else label}" for name, label in predictions.items()]
+    (datasets / "val_label.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def work(tmp_path, flow):
+    """The directory the guide runs the script from, holding the ONNX model under its guide name."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    shutil.copy(flow[3], folder / "convmixer_1536_20.onnx")
+    return folder
+
+
+def eval_acc_perf(work, *args, env=None):
+    return run_script("test/eval_acc_perf.sh", "--batch_size=2", *args, cwd=work, env=env)
+
+
+def accuracy_json(work):
+    table = json.loads((work / "result" / "result_bs2.json").read_text())
+    return {entry["key"]: entry["value"] for entry in table["value"]}
+
+
+def assert_reports(result, top1):
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+    assert [int(n) for n in re.findall(r"^==> (\d)\.", out, re.MULTILINE)] == [1, 2, 3, 4]
+    for stage in ("preprocessing", "inference", "scoring"):
+        assert re.search(rf"^    {stage}: {NUM_PHOTOS} images in [\d.]+ s, [\d.]+ images/s", out, re.MULTILINE)
+    perf = out.split("====performance data====\n")[1].split("\n")[0]
+    log_ms = re.search(r"Inference average time without first time: ([\d.]+) ms", out).group(1)
+    assert perf == f"bs2 fps:{2 * 1000 / float(log_ms):.3f}"
+    assert out.split("====accuracy data====\n")[1].split("\n")[0] == f"top1:{top1}"
+
+
+@pytest.mark.parametrize("wrong, top1", [((), "100.0%"),
+                                         (("ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000007.JPEG"),
+                                          f"{round(5 / 7 * 100, 2)}%")])
+def test_onnxruntime_flow_reports_pytorch_top1(work, flow, wrong, top1):
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions, wrong)
+    result = eval_acc_perf(work, f"--datasets_path={datasets}")
+    assert_reports(result, top1)
+    assert accuracy_json(work)["Top1 accuracy"] == top1
+    assert accuracy_json(work)["Number of images"] == str(NUM_PHOTOS)
+    log = (work / "msame_bs2.txt").read_text()
+    assert "[INFO] backend onnxruntime" in log and len(re.findall(r"^Inference time: ", log, re.MULTILINE)) == 4
+    assert (work / "prep_image_bs2" / "manifest.json").is_file()
+
+    rerun = eval_acc_perf(work, f"--datasets_path={datasets}")  # resumes: nothing left to run
+    assert "4 of 4 file(s) already done" in rerun.stdout
+    assert_reports(rerun, top1)
+
+
+def test_torch_backend_flow(work, flow):
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions)
+    result = eval_acc_perf(work, f"--datasets_path={datasets}", "--backend=torch", f"--model={flow[2]}")
+    assert_reports(result, "100.0%")
+    assert "[INFO] backend torch" in (work / "msame_bs2.txt").read_text()
+
+
+def test_msame_flow_through_the_real_tool_interface(work, flow, fake_msame):
+    env, args_log = fake_msame
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions)
+    fake_om(work / "convmixer_1536_20_bs2.om", work / "convmixer_1536_20.onnx")
+    result = eval_acc_perf(work, f"--datasets_path={datasets}", "--backend=msame", env=env)
+    assert_reports(result, "100.0%")
+    argv = json.loads(args_log.read_text())
+    assert argv[0::2] == ["--model", "--input", "--output", "--outfmt"]
+    assert argv[1] == "convmixer_1536_20_bs2.om" and argv[7] == "TXT"
+    # msame takes every file of a folder as input: it gets links to the .bin files, not manifest.json
+    assert "manifest.json" in {p.name for p in (work / "prep_image_bs2").iterdir()} and "prep_image" not in argv[3]
+    assert "[INFO] acl init success" in (work / "msame_bs2.txt").read_text()   # msame's own log is kept
+
+
+def test_a_failed_step_stops_the_script_naming_it(work, tmp_path):
+    datasets = tmp_path / "empty_imagenet"
+    (datasets / "val").mkdir(parents=True)
+    (datasets / "val" / "notes.txt").write_text("no images here")
+    (datasets / "val_label.txt").write_text("ILSVRC2012_val_00000001.JPEG 1\n")
+    result = eval_acc_perf(work, f"--datasets_path={datasets}")
+    assert result.returncode != 0
+    assert "eval_acc_perf.sh: error: step '1. preprocessing' failed" in result.stderr
+    assert "==> 2." not in result.stdout
+
+
+def test_missing_inputs_are_named(work, flow, tmp_path):
+    datasets = flow[0]
+    missing_model = eval_acc_perf(work, f"--datasets_path={datasets}", "--model=./nope.onnx")
+    assert missing_model.returncode != 0 and "./nope.onnx: model not found" in missing_model.stderr
+    no_data = eval_acc_perf(work, f"--datasets_path={tmp_path / 'nothing'}")
+    assert no_data.returncode != 0 and "nothing/val: no such folder" in no_data.stderr
+    bad_flag = eval_acc_perf(work, "--batchsize=2")
+    assert bad_flag.returncode != 0 and "unknown argument '--batchsize=2'" in bad_flag.stderr
+
+
+def test_stream_mode_runs_the_streaming_evaluation(work, flow):
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions, wrong=("ILSVRC2012_val_00000003.JPEG",))
+    result = eval_acc_perf(work, f"--datasets_path={datasets}", "--stream=true")
+    if not (REPO / "convmixer_stream_eval.py").is_file():
+        assert result.returncode != 0 and "needs" in result.stderr and "convmixer_stream_eval.py" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    assert [int(n) for n in re.findall(r"^==> (\d)\.", result.stdout, re.MULTILINE)] == [1, 2]
+    assert not (work / "prep_image_bs2").exists()
+    log_ms = re.search(r"Inference average time without first time: ([\d.]+) ms",
+                       (work / "msame_bs2.txt").read_text()).group(1)
+    assert result.stdout.split("====performance data====\n")[1].split("\n")[0] == \
+        f"bs2 fps:{2 * 1000 / float(log_ms):.3f}"
+    assert result.stdout.split("====accuracy data====\n")[1].split("\n")[0] == f"top1:{round(6 / 7 * 100, 2)}%"
+
+
+# ---- the quick start: test/demo.sh and its stand-in data ------------------------------------------------
+
+def test_demo_data_writes_a_real_layout_checkpoint_and_a_labelled_sample(tmp_path):
+    from convmixer_suite import checkpoint, demo_data
+    path = demo_data.write_random_checkpoint(tmp_path / "RANDOM_WEIGHTS_x.pth.tar", arch="convmixer_768_32")
+    assert checkpoint.spec_from_state_dict(checkpoint.load_state_dict(path)).name == "convmixer_768_32"
+    demo_data.write_sample_dataset(tmp_path / "imagenet", num_images=3)
+    assert sorted(p.name for p in (tmp_path / "imagenet" / "val").iterdir()) == \
+        [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+    assert (tmp_path / "imagenet" / "val_label.txt").read_text().splitlines() == \
+        ["ILSVRC2012_val_00000001.JPEG 997", "ILSVRC2012_val_00000002.JPEG 994", "ILSVRC2012_val_00000003.JPEG 991"]
+    assert load_rgb(tmp_path / "imagenet" / "val" / "ILSVRC2012_val_00000002.JPEG").size == (320, 256)
+
+
+@pytest.mark.fullsize
+def test_demo_runs_the_quick_start_on_random_weights(tmp_path):
+    result = run_script("test/demo.sh", "--install=false", "--num_images=2", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert [int(n) for n in re.findall(r"^==> (\d)\.", out, re.MULTILINE)] == [1, 2, 3, 4, 5, 6]
+    work = tmp_path / "demo_work"
+    assert (work / "RANDOM_WEIGHTS_convmixer_1536_20.pth.tar").is_file() and (work / "convmixer_1536_20.onnx").is_file()
+    assert re.search(r"^performance .*\nbs1 fps:\d+\.\d{3}$", out, re.MULTILINE)
+    assert re.search(r"^accuracy .*\ntop1:\d", out, re.MULTILINE)
+    assert "NOTE: RANDOM weights: this accuracy means nothing" in out
+    assert "Generated pictures with rule-based labels" in out
+
+
+@pytest.mark.fullsize
+def test_demo_with_a_real_format_checkpoint_reports_pytorch_top1(tmp_path):
+    """A full-size checkpoint in the release's name and layout, photos, labels from PyTorch: top-1 as PyTorch."""
+    from convmixer_suite import demo_data
+    checkpoint = demo_data.write_random_checkpoint(tmp_path / "convmixer_1536_20_ks9_p7.pth.tar", seed=3)
+    datasets = tmp_path / "imagenet"
+    photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
+              for i in (1, 2, 3)]
+    from convmixer_suite.checkpoint import load_model
+    model, _ = load_model(checkpoint)
+    transform = EvalTransform()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()
+    wrong = (predicted[1] + 1) % 1000  # one deliberately wrong label: top-1 must be 2 of 3
+    (datasets / "val_label.txt").write_text(
+        "".join(f"{p.name} {c}\n" for p, c in zip(photos, [predicted[0], wrong, predicted[2]])))
+    result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr
+    assert f"using the real checkpoint {checkpoint}" in result.stdout and "NOTE:" not in result.stdout
+    assert result.stdout.split("accuracy (from ./result/result_bs1.json):\n")[1].split("\n")[0] == \
+        f"top1:{round(2 / 3 * 100, 2)}%"
