@@ -27,9 +27,8 @@ from convmixer_suite.cli import UserError, atomic_path
 
 DEFAULT_NUM_CALIB = 300
 QDQ_MIN_OPSET = 13
-# Measured side by side on the full ConvMixer-1536/20 (2-core AMD EPYC, avx512_bf16/vnni, batch 1; see
-# test/benchmark.py): OpenVINO+NNCF int8 ran faster than ONNX Runtime QDQ int8, so it is the int8 default.
-FASTEST_INT8_BACKEND = "openvino"
+# Measured side by side on the full ConvMixer-1536/20 (2-core AMD EPYC, avx512_bf16/vnni, batch 1, busy
+# machine; test/benchmark.py): OpenVINO+NNCF int8 457 ms/image, ONNX Runtime QDQ int8 642 ms/image.
 ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 IMAGE_SHAPE = (3, 224, 224)
 
