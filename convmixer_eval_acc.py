@@ -5,7 +5,7 @@
         --json-file-name result_bs1.json --batch-size 1
 
 Output rows are matched to images through the preprocessing manifest: ``--manifest`` (the file or the
---prep-image folder), else a manifest.json in the output folder, else the one beside the input folder that
+--prep-image folder), else a .manifest.json in the output folder, else the one beside the input folder that
 an ais_bench-style summary JSON next to the outputs records (``args`` ``--input``, or ``input``). With no
 manifest, rows map by position (batch k, row i is ILSVRC2012_val_{k*bs+i+1:08d}). Every image must have
 its output and its label: a shortened set is refused, not scored.
@@ -36,7 +36,7 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="rows per output file (default: the manifest's, else 1)")
     parser.add_argument("--manifest", default=None,
-                        help="manifest.json of the inputs, or the --prep-image folder holding it "
+                        help=".manifest.json of the inputs, or the --prep-image folder holding it "
                              "(default: found next to the outputs, see above)")
     parser.add_argument("--topk", type=positive_int, default=5, help="report top-1 … top-k (default 5)")
     return parser.parse_args(argv)
@@ -49,7 +49,7 @@ def load_manifest(given, folder, results):
         return None
     manifest = read_manifest(path)
     if manifest is None:
-        raise UserError(f"{path}: no manifest.json there")
+        raise UserError(f"{path}: no .manifest.json there")
     if not manifest.complete:
         raise UserError(f"{path}: its preprocessing run did not finish; rerun convmixer_preprocess.py")
     return manifest

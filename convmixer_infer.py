@@ -181,10 +181,11 @@ def run_in_process(backend, todo, run: RunFolder, outfmt: str, loop: int) -> lis
 
 def tool_input(todo, input_spec, whole_folder: bool, tmp: Path) -> str:
     """What to hand the tool: the user's folder when every file in it is a batch to run, else a folder
-    of links to the batches to run. msame takes every file of a folder as an input, so manifest.json
-    (beside the .bin files) or finished files must not be in it; a comma list of thousands of paths
-    would overflow the command line."""
-    if whole_folder and set(Path(input_spec).iterdir()) == set(todo):
+    of links to the batches to run. msame takes every file of a folder whose name does not start with a
+    dot as an input, so finished files or anything else there must not be in it; a comma list of
+    thousands of paths would overflow the command line."""
+    visible = {p for p in Path(input_spec).iterdir() if not p.name.startswith(".")} if whole_folder else None
+    if whole_folder and visible == set(todo):
         return input_spec
     if len(todo) == 1:
         return str(todo[0])

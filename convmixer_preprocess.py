@@ -4,7 +4,7 @@
 
 Images are taken in sorted relative-path order (file-name order for a flat val folder; class subfolders work
 too), ``--batch-size`` per file, the last file padded with zero images. Each goes through the model's eval
-transform (convmixer_suite.transform.EvalTransform). A manifest.json beside the files records which image is
+transform (convmixer_suite.transform.EvalTransform). A .manifest.json beside the files records which image is
 in which row; convmixer_eval_acc.py reads it.
 
 Rerunning into the same folder resumes: batch files already there are kept (they are written under a
@@ -43,7 +43,7 @@ def parse_args(argv):
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count(),
                         help="worker processes (default: all cores, %(default)s here)")
     parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out images that cannot be decoded (recorded in manifest.json) "
+                        help="leave out images that cannot be decoded (recorded in .manifest.json) "
                              "instead of stopping")
     return parser.parse_args(argv)
 

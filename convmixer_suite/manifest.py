@@ -1,4 +1,4 @@
-"""``manifest.json``: what the ``input_NNNNN.bin`` batch files beside it hold.
+"""``.manifest.json``: what the ``input_NNNNN.bin`` batch files beside it hold.
 
 Row ``j`` of the run (batch ``j // batch_size``, row ``j % batch_size``) is the image ``images[j]``
 (a path relative to the image folder, in sorted order). Rows of images listed in ``skipped`` (could not be
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from convmixer_suite.cli import UserError, write_text_atomic
 
-MANIFEST_NAME = "manifest.json"
+# A dot-file: msame takes every other file of an input folder as a model input (Utils::ScanFiles).
+MANIFEST_NAME = ".manifest.json"
 FORMAT = "float32 NCHW"
 BATCH_FILE_RE = re.compile(r"^input_(\d+)\.bin$")
 

@@ -72,7 +72,7 @@ def throughput_images_per_s(latencies_ms, batch_size: int) -> float:
 def build_summary(latencies_ms, *, batch_size, backend_name, backend_version, threads, precision,
                   model, input_path, output_dir=None, **extra) -> dict:
     """The summary JSON's content. ``threads`` None means the runtime's own default; ``input_path`` is
-    stored as given (callers pass the absolute input folder, which is where its manifest.json lives)."""
+    stored as given (callers pass the absolute input folder, which is where its .manifest.json lives)."""
     times = list(latencies_ms)
     summary = {
         "latency_ms": latency_stats_ms(times),

@@ -232,7 +232,7 @@ def score_outputs(results: Path, labels_path, manifest: "Manifest | None", batch
 # ---- locating the manifest ----------------------------------------------------------------------------
 
 def find_manifest(folder, results: Path) -> "Path | None":
-    """The manifest of the inputs behind ``results``: a manifest.json in the output folders, else beside
+    """The manifest of the inputs behind ``results``: a .manifest.json in the output folders, else beside
     the input folder that an ais_bench-style summary JSON records (``args`` --input, or ``input``)."""
     folder = Path(folder)
     for candidate in (results / MANIFEST_NAME, folder / MANIFEST_NAME):

@@ -139,7 +139,12 @@ if not 1 <= loop <= 100:
 if not 0 <= int(opts.get("--device", "0")) <= 255:
     fail("--device 0..255")
 source = Path(opts["--input"])
-files = sorted(p for p in source.iterdir()) if source.is_dir() else [Path(p) for p in opts["--input"].split(",")]
+# as msame's Utils::ScanFiles: every file of the folder whose name does not start with a dot
+files = (sorted(p for p in source.iterdir() if not p.name.startswith(".")) if source.is_dir()
+         else [Path(p) for p in opts["--input"].split(",")])
+for path in files:
+    if path.stat().st_size % (3 * 224 * 224 * 4):
+        fail(f"input file {path} size {path.stat().st_size} does not match the model input")
 if source.is_dir():
     loop = 1
 session = ort.InferenceSession(Path(model).read_text().strip(), providers=["CPUExecutionProvider"])

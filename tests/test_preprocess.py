@@ -124,7 +124,7 @@ def test_refuses_to_mix_runs(tmp_path, photo_folder):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "input_00000.bin").write_bytes(b"\0" * 16)
-    with pytest.raises(UserError, match="no manifest.json"):
+    with pytest.raises(UserError, match="no .manifest.json"):
         preprocess_in_process(photo_folder, foreign)
 
 

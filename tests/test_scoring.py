@@ -163,7 +163,7 @@ def test_manifest_mapping(tmp_path, how):
     if how == "flag":
         extra = ["--manifest", prep]
     elif how == "in_output_folder":
-        shutil.copy(prep / "manifest.json", out / "manifest.json")
+        shutil.copy(prep / ".manifest.json", out / ".manifest.json")
     elif how == "ais_bench_summary_args":
         summary = {"args": ["ais_bench", "--model", "m.om", "--input", str(prep), "--output", str(out)]}
         (out / "2022516_3_8_36_123456_summary.json").write_text(json.dumps(summary))
@@ -262,11 +262,11 @@ def test_bad_manifest_input_is_refused(tmp_path):
     assert_refused(run_eval(out, labels_file, tmp_path, "--manifest", prep), tmp_path,
                    "missing for 1 images", "n02/ILSVRC2012_val_00000009.JPEG")
 
-    manifest = json.loads((prep / "manifest.json").read_text())
-    (prep / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    manifest = json.loads((prep / ".manifest.json").read_text())
+    (prep / ".manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     assert_refused(run_eval(out, labels_file, tmp_path, "--manifest", prep), tmp_path, "did not finish")
     every = [{"name": n, "error": "x"} for n in manifest["images"]]
-    (prep / "manifest.json").write_text(json.dumps({**manifest, "skipped": every}))
+    (prep / ".manifest.json").write_text(json.dumps({**manifest, "skipped": every}))
     assert_refused(run_eval(out, labels_file, tmp_path, "--manifest", prep), tmp_path, "nothing to score")
 
 
