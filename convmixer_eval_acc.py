@@ -13,17 +13,10 @@ its output and its label: a shortened set is refused, not scored.
 import argparse
 from pathlib import Path
 
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.cli import UserError, positive_int, run_main
 from convmixer_suite.manifest import read_manifest
 from convmixer_suite.scoring import (find_manifest, find_results_folder, format_accuracy_line, score_outputs,
                                      write_accuracy_json)
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv):

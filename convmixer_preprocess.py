@@ -20,19 +20,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.cli import UserError, positive_int, run_main
 from convmixer_suite.manifest import (BATCH_FILE_RE, Manifest, batch_file_name, manifest_path, read_manifest,
                                       write_manifest)
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
 
 TEMP_GLOB = ".input_*.bin.tmp*"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv):

@@ -19,17 +19,10 @@ from tqdm import tqdm
 
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, create_backend
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.cli import UserError, positive_int, run_main
 from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
 from convmixer_suite.stream import BatchStream, default_workers, labelled_rows, relative_names, run_stream
 from convmixer_suite.transform import EvalTransform, list_images
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv):

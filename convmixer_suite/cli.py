@@ -1,4 +1,5 @@
 """What every command-line script shares: one-line errors for user mistakes, and atomic file writes."""
+import argparse
 import contextlib
 import os
 import sys
@@ -26,6 +27,14 @@ def run_main(main, argv=None) -> None:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts and sizes: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 @contextlib.contextmanager
