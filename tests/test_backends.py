@@ -1,4 +1,5 @@
 """convmixer_suite.backends: every installed runtime against the PyTorch reference, and the error paths."""
+import importlib.util
 import sys
 import types
 
@@ -89,6 +90,22 @@ def test_auto_picks_onnxruntime_for_onnx(small_onnx):
     assert resolve_backend("auto", small_onnx) == "onnxruntime"
 
 
+@pytest.mark.parametrize("precision, installed, expected", [
+    ("fp32", {"openvino", "nncf"}, "onnxruntime"),
+    ("bf16", {"openvino"}, "openvino"),
+    ("bf16", set(), "onnxruntime"),          # then onnxruntime refuses bf16 with a clear line
+    ("int8", {"openvino", "nncf"}, "openvino"),
+    ("int8", {"openvino"}, "onnxruntime"),   # NNCF missing: ONNX Runtime's own quantizer
+])
+def test_auto_follows_the_precision_to_the_runtime_that_has_it(small_onnx, monkeypatch, precision, installed,
+                                                               expected):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (real_find_spec("json") if name in installed else None)
+                        if name in ("openvino", "nncf") else real_find_spec(name, *a))
+    assert resolve_backend("auto", small_onnx, precision) == expected
+
+
 def test_auto_picks_msame_for_om_only_when_msame_is_on_path(tmp_path, small_onnx, fake_msame, monkeypatch):
     om = fake_om(tmp_path / "m_bs1.om", small_onnx)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -162,12 +179,6 @@ def test_int8_uses_the_precision_module_lazily(small_model, small_onnx, batch, t
     backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=tmp_path)
     assert calls == [(small_onnx, "onnxruntime", tmp_path)] and backend.precision == "int8"
     assert_close(backend.predict(batch), reference(small_model, batch))
-
-
-def test_int8_without_the_precision_module_is_a_clear_error(small_onnx, monkeypatch):
-    monkeypatch.setitem(sys.modules, "convmixer_suite.precision", None)
-    with pytest.raises(UserError, match="--precision int8 needs convmixer_suite/precision.py"):
-        create_backend("onnxruntime", small_onnx, precision="int8")
 
 
 def test_a_batch_of_the_wrong_shape_is_refused(small_onnx):
