@@ -3,8 +3,8 @@
 #     bash ./test/eval_acc_perf.sh --batch_size=1 --datasets_path=/opt/npu/imageNet
 # Flags (--key=value):
 #   --batch_size (1)   --datasets_path (/opt/npu/imageNet: images in val/, labels in val_label.txt)
-#   --backend (auto: msame for the .om when msame is on PATH, else onnxruntime; or onnxruntime,
-#              openvino, torch, msame, ais_bench)
+#   --backend (auto: msame for the .om when msame is on PATH; else openvino for bf16/int8 when installed;
+#              else onnxruntime. Or onnxruntime, openvino, torch, msame, ais_bench)
 #   --model (./convmixer_1536_20_bs${bs}.om for msame/ais_bench and for auto when msame is on PATH and the
 #            .om exists; ./convmixer_1536_20_ks9_p7.pth.tar for torch; else ./convmixer_1536_20.onnx)
 #   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
