@@ -47,7 +47,8 @@ def parse_args(argv):
     p.add_argument("--device", default=None, help="an NPU id for msame/ais_bench; cpu (default), cuda:N or "
                    "tensorrt:N for onnxruntime; cuda:N for torch; gpu.N for openvino")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES,
-                   help="auto: msame for an .om when msame is on PATH, else onnxruntime")
+                   help="auto: msame for an .om when msame is on PATH; openvino for bf16/int8 when "
+                        "installed; else onnxruntime")
     p.add_argument("--threads", default=None, type=int, help="intra-op threads (default: the runtime's own)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of calibration images for --precision int8")
