@@ -182,24 +182,45 @@ class OpenVinoBackend(Backend):
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
-        path = self.onnx_for_precision()
-        try:
-            model = core.read_model(str(path))
-            self.compiled = core.compile_model(model, device, config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            raise UserError(f"{path}: openvino cannot load this model on {device}: "
-                            f"{str(exc).strip().splitlines()[0]}") from None
-        first_dim = model.input(0).get_partial_shape()[0]
+        self.core, self.ov_device, self.ov_config = core, device, config
+        self.ov_path = self.onnx_for_precision()
+        self.model = self._openvino_call(core.read_model, str(self.ov_path))
+        first_dim = self.model.input(0).get_partial_shape()[0]
         self.batch_size = first_dim.get_length() if first_dim.is_static else None
-        self.request = self.compiled.create_infer_request()
+        self.requests = {}  # batch size -> infer request of the model compiled for it
+        if self.batch_size:
+            self.requests[self.batch_size] = self._compile(self.model)
+
+    def _openvino_call(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise UserError(f"{self.ov_path}: openvino cannot load this model on {self.ov_device}: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+
+    def _compile(self, model):
+        return self._openvino_call(self.core.compile_model, model, self.ov_device,
+                                   self.ov_config).create_infer_request()
+
+    def _request_for(self, batch_size):
+        """The request for this batch size. A model with a dynamic batch axis is compiled once per batch
+        size it meets, with that size fixed: OpenVINO runs a dynamic axis on generic kernels, measured
+        here at 530 ms an image in bf16 against 237 ms static (batch 1, ConvMixer-1536/20)."""
+        if batch_size not in self.requests:
+            model = self.model.clone()
+            model.reshape([batch_size, *IMAGE_SHAPE])
+            self.requests[batch_size] = self._compile(model)
+        return self.requests[batch_size]
 
     @staticmethod
     def device_has_bf16(core, device) -> bool:
         return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
 
     def predict(self, batch):
-        self.request.infer({0: check_batch(batch)})
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+        batch = check_batch(batch)
+        request = self._request_for(len(batch))
+        request.infer({0: batch})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
 class TorchBackend(Backend):

@@ -17,6 +17,7 @@ reuses it and any change makes a new one. Files are written under temporary name
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -195,10 +196,24 @@ def quantize_qdq(onnx_path: Path, samples, target: Path) -> None:
         model = onnx.load(str(prepared))
         if opset_of(model) < QDQ_MIN_OPSET:  # per-channel DequantizeLinear needs opset 13
             onnx.save(version_converter.convert_version(model, QDQ_MIN_OPSET), str(prepared))
-        with atomic_path(target) as tmp:
+        with atomic_path(target) as tmp, rank1_per_channel_warnings_silenced():
             quantize_static(str(prepared), str(tmp), SampleReader(model.graph.input[0].name),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+@contextlib.contextmanager
+def rank1_per_channel_warnings_silenced():
+    """ONNX Runtime's quantizer logs 'Axis 1 is out-of-range for weight …' on the root logger for every
+    rank-1 weight (BatchNorm scales), which it then quantizes per tensor as it should: dozens of lines
+    that say nothing to the user."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def opset_of(model) -> int:

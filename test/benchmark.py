@@ -212,13 +212,19 @@ def load_configs(names, onnx_path: Path, checkpoint: Path, threads, calib_dir) -
 
 
 def time_alternating(backends: dict, batch: np.ndarray, iters: int, warmup: int) -> dict:
-    """{name: [latency ms, …]}: warm-up for each first, then one batch each in turn, ``iters`` rounds."""
+    """{name: [latency ms, …]}: warm-up for each first, then each in turn, ``iters`` rounds.
+
+    Each turn runs one untimed batch before the timed one: on two cores the runtime that ran last still
+    holds them for a while (ONNX Runtime's and OpenMP's threads spin after a run), and measured here that
+    added about 15% to the next runtime's first batch, always to the same neighbour in the rotation.
+    """
     for backend in backends.values():
         for _ in range(warmup):
             backend.predict(batch)
     times = {name: [] for name in backends}
     for _ in range(iters):
         for name, backend in backends.items():
+            backend.predict(batch)
             started = time.perf_counter()
             backend.predict(batch)
             times[name].append((time.perf_counter() - started) * 1000.0)
@@ -380,7 +386,7 @@ def markdown(report) -> str:
              f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({', '.join(m['cpu_features'])}); "
              f"threads: {report['settings']['threads'] or 'each runtime default'}; "
              f"{report['settings']['iters']} timed batches per cell after {report['settings']['warmup']} warm-up, "
-             f"configurations alternated. OpenVINO's default inference precision on this CPU: "
+             f"configurations alternated (one untimed batch before each timed one). OpenVINO's default inference precision on this CPU: "
              f"{report['openvino_default_precision']}.", "",
              "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -59,6 +59,16 @@ def test_openvino_matches_pytorch(small_model, small_onnx, batch):
     assert_close(backend.predict(batch), reference(small_model, batch))
 
 
+def test_openvino_compiles_a_dynamic_model_once_per_batch_size(small_model, small_onnx, batch):
+    pytest.importorskip("openvino")
+    backend = create_backend("openvino", small_onnx, threads=1)
+    assert backend.batch_size is None and backend.requests == {}
+    assert_close(backend.predict(batch), reference(small_model, batch))
+    assert_close(backend.predict(batch[:1]), reference(small_model, batch[:1]))
+    backend.predict(batch)
+    assert sorted(backend.requests) == sorted({1, len(batch)})
+
+
 def test_openvino_bf16_runs_close_to_fp32(small_model, small_onnx, batch):
     pytest.importorskip("openvino")
     backend = create_backend("openvino", small_onnx, threads=1, precision="bf16")
