@@ -170,17 +170,16 @@ def generated_pictures(folder: Path, count: int, first_index: int = 0) -> Path:
     return folder
 
 
-def preprocess(image_dir: Path, out: Path, workers: int, batch_size: int = 1) -> float:
-    """Run convmixer_preprocess.py; returns the images/s it reports (its own timing of the batch writing)."""
+def preprocess(image_dir: Path, out: Path, workers: int, batch_size: int = 1):
+    """Run convmixer_preprocess.py; returns the images/s it reports (its own timing of the batch writing),
+    or None when it had nothing left to write (a cached folder it resumed)."""
     cmd = [sys.executable, str(REPO / "convmixer_preprocess.py"), "--image-path", str(image_dir),
            "--prep-image", str(out), "--batch-size", str(batch_size), "--workers", str(workers)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise UserError(f"convmixer_preprocess.py failed on {image_dir}: {result.stderr.strip()[-300:]}")
     match = re.search(r"in ([\d.]+) s: ([\d.]+) images/s", result.stdout)
-    if not match:
-        raise UserError(f"convmixer_preprocess.py printed no 'in S s: R images/s' line: {result.stdout.strip()[-200:]}")
-    return float(match.group(2))
+    return float(match.group(2)) if match else None
 
 
 def load_pictures(folder: Path, count: int) -> np.ndarray:
@@ -295,7 +294,10 @@ def preprocessing_check(image_dir: Path, work: Path, rounds: int = 2) -> dict:
     for _ in range(rounds):
         for workers in (1, 2):
             with tempfile.TemporaryDirectory(dir=work) as tmp:
-                rates[workers].append(preprocess(image_dir, Path(tmp) / "prep", workers))
+                rate = preprocess(image_dir, Path(tmp) / "prep", workers)
+                if rate is None:
+                    raise UserError(f"convmixer_preprocess.py reported no images/s for {image_dir}")
+                rates[workers].append(rate)
     one, two = float(np.mean(rates[1])), float(np.mean(rates[2]))
     return {"num_images": len(list(image_dir.glob("*.JPEG"))), "images_per_s_1_worker": one,
             "images_per_s_2_workers": two, "speedup_2_vs_1": two / one if one else 0.0, "rounds": rounds,

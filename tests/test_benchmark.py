@@ -75,3 +75,15 @@ def test_unknown_configuration_is_refused_in_one_line(tmp_path):
     result = run_script("test/benchmark.py", "--quick", "--configs", "tensorflow-fp32", "--out", tmp_path)
     assert result.returncode == 2 and "tensorflow-fp32" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_rerun_reuses_the_cached_models_and_calibration(quick_report):
+    out, first, _ = quick_report
+    work_files = sorted(p.name for p in (out / "work").rglob("*") if p.is_file())
+    result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
+                        "--configs", "torch-fp32,onnxruntime-int8", "--batch-sizes", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "quantizing" not in result.stdout + result.stderr       # the int8 model came from the cache
+    assert sorted(p.name for p in (out / "work").rglob("*") if p.is_file()) == work_files
+    assert [r["config"] for r in json.loads((out / "benchmark.json").read_text())["results"]] == \
+        ["torch-fp32", "onnxruntime-int8"]
