@@ -211,3 +211,14 @@ def test_demo_with_a_real_format_checkpoint_reports_pytorch_top1(tmp_path):
     assert f"using the real checkpoint {checkpoint}" in result.stdout and "NOTE:" not in result.stdout
     assert result.stdout.split("accuracy (from ./result/result_bs1.json):\n")[1].split("\n")[0] == \
         f"top1:{round(2 / 3 * 100, 2)}%"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus=1"], "unknown argument '--bogus=1'"),
+    (["--install=false", "--datasets_path=/nonexistent_imagenet"], "--datasets_path=/nonexistent_imagenet: no such folder"),
+])
+def test_demo_refuses_bad_arguments_in_one_line(tmp_path, args, message):
+    result = run_script("test/demo.sh", *args, cwd=tmp_path)
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "demo_work" / "convmixer_1536_20.onnx").exists()

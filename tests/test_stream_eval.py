@@ -1,4 +1,6 @@
 """Streaming evaluation against the file-based flow (preprocess -> infer -> eval_acc) on the same photos."""
+import re
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,18 @@ def test_an_unlabelled_image_is_refused_by_name(tmp_path, small_onnx, photo_fold
     write_photo(photo_folder / "extra_photo.JPEG", seed=9)
     result = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "out")
     assert result.returncode == 2 and "extra_photo.JPEG" in result.stderr and "no label" in result.stderr
+
+
+@pytest.mark.parametrize("broken, message", [
+    ("model", r"missing\.onnx"),
+    ("images", r"no_such_val: not a folder of images"),
+    ("labels", r"no_such_labels\.txt: cannot read label file"),
+])
+def test_missing_inputs_get_one_line_naming_them(tmp_path, small_onnx, photo_folder, labelled, broken, message):
+    model = tmp_path / "missing.onnx" if broken == "model" else small_onnx
+    images = tmp_path / "no_such_val" if broken == "images" else photo_folder
+    labels = tmp_path / "no_such_labels.txt" if broken == "labels" else labelled
+    result = stream_eval(model, images, labels, tmp_path / "result")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr)
+    assert not (tmp_path / "result" / f"result_bs{BS}.json").exists()
