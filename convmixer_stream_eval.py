@@ -7,8 +7,9 @@
 The same images, batches, transform, runtime and scoring as convmixer_preprocess.py + convmixer_infer.py +
 convmixer_eval_acc.py, so the accuracy JSON is the file-based flow's; while the model runs one batch, worker
 processes decode the next ones. stdout carries msame's log lines (``Inference time: …ms`` per batch and the
-averages), so ``test/parse.py --result-file <this log>`` gives the fps; the images/s of each stage go to the
-end of the log and to ``<json name>_stream_summary.json`` beside the accuracy JSON.
+averages, which close the log as msame's do), so ``test/parse.py --result-file <this log>`` and the guide's own
+parse.py give the fps; the images/s of each stage are printed before the averages and written to
+``<json name>_stream_summary.json`` beside the accuracy JSON.
 """
 import argparse
 import sys
@@ -76,7 +77,6 @@ def main(argv=None):
                                                  log=lambda line: print(line, flush=True), progress=bar)
     for name, message in skipped:
         print(f"skipping bad image {name}: {message}", file=sys.stderr)
-    print("\n".join(msame_log.folder_average_lines(times.inference_ms)), flush=True)
     rates = times.rates()
     print("\n".join(stage_lines(rates, stream.workers)), flush=True)
     topk = counter.accuracies()
@@ -91,6 +91,8 @@ def main(argv=None):
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))
+    # msame's averages close the log, as msame's do: the guide's parse.py reads garbage if a later line has "ms"
+    print("\n".join(msame_log.folder_average_lines(times.inference_ms)), flush=True)
     return 0
 
 

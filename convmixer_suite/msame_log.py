@@ -4,7 +4,12 @@ convmixer_infer.py and the streaming evaluation print their timings through thes
 test/parse.py and every existing msame log parser read our logs as they read msame's. The formats are
 msame's (see FORMATS.md): ``Inference time: <x>ms`` per file, and at the end of a folder run
 ``Inference average time : %.2f ms`` and ``Inference average time without first time: %.2f ms``; a single
-file run (``--loop``) ends with ``Inference average time: %f ms``.
+file run (``--loop``) ends with ``Inference average time: %f ms`` and, when looped, the same "without first
+time" line with ``%f``. The "without first time" line appears only when more than one run was timed.
+
+These lines close the log: msame prints nothing after them but teardown lines without the letters ``ms``,
+and the guide's parse.py depends on it (its ``without first time:.*ms`` match is greedy). So our scripts
+print their own information before the averages or on stderr.
 """
 import json
 import re
@@ -26,21 +31,27 @@ def time_line(latency_ms: float) -> str:
 
 
 def folder_average_lines(latencies_ms) -> list:
-    """msame's closing lines for a folder input: the mean over all files, then without the first.
-
-    msame prints 0.00 for "without first time" when only one file ran; so do we.
-    """
+    """msame's closing lines for a folder input: the mean over all files, then, only when more than one
+    file ran, the mean without the first."""
     times = list(latencies_ms)
-    mean_ms = float(np.mean(times)) if times else 0.0
-    rest = times[1:]
-    rest_ms = float(np.mean(rest)) if rest else 0.0
-    return [f"Inference average time : {mean_ms:.2f} ms",
-            f"Inference average time without first time: {rest_ms:.2f} ms"]
+    lines = [f"Inference average time : {mean_ms(times):.2f} ms"]
+    if len(times) > 1:
+        lines.append(f"Inference average time without first time: {mean_ms(times[1:]):.2f} ms")
+    return lines
 
 
-def single_file_average_line(latencies_ms) -> str:
-    """msame's closing line for one input file run ``--loop`` times."""
-    return f"Inference average time: {float(np.mean(list(latencies_ms))):f} ms"
+def single_file_average_lines(latencies_ms) -> list:
+    """msame's closing lines for one input file run ``--loop`` times: the mean, then, only when it ran
+    more than once, the mean without the first run."""
+    times = list(latencies_ms)
+    lines = [f"Inference average time: {mean_ms(times):f} ms"]
+    if len(times) > 1:
+        lines.append(f"Inference average time without first time: {mean_ms(times[1:]):f} ms")
+    return lines
+
+
+def mean_ms(times) -> float:
+    return float(np.mean(times)) if times else 0.0
 
 
 def parse_latencies_ms(log_text: str) -> list:

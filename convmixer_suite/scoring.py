@@ -18,6 +18,7 @@ import numpy as np
 
 from convmixer_suite.cli import UserError, write_text_atomic
 from convmixer_suite.manifest import MANIFEST_NAME, Manifest
+from convmixer_suite.run_folder import summary_path_of
 
 OUTPUT_PATTERNS = (re.compile(r"^input_(\d+)_output_0\.(txt|bin)$"),  # msame
                    re.compile(r"^input_(\d+)_0\.(txt|bin|npy)$"))  # ais_bench
@@ -233,12 +234,13 @@ def score_outputs(results: Path, labels_path, manifest: "Manifest | None", batch
 
 def find_manifest(folder, results: Path) -> "Path | None":
     """The manifest of the inputs behind ``results``: a .manifest.json in the output folders, else beside
-    the input folder that an ais_bench-style summary JSON records (``args`` --input, or ``input``)."""
+    the input folder that a summary JSON records: our runner's in ``<output>.runs/``, or an ais_bench-style
+    one beside or in the results folder (``args`` --input, or ``input``)."""
     folder = Path(folder)
     for candidate in (results / MANIFEST_NAME, folder / MANIFEST_NAME):
         if candidate.is_file():
             return candidate
-    summaries = [results.with_name(results.name + "_summary.json"), results / "sumary.json",
+    summaries = [summary_path_of(results), results.with_name(results.name + "_summary.json"), results / "sumary.json",
                  *sorted(results.glob("*summary.json")), *sorted(folder.glob("*summary.json"))]
     for summary in summaries:
         input_folder = summary_input_folder(summary)

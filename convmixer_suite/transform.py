@@ -8,6 +8,7 @@ the crop offset is ``int(round((size - crop) / 2))`` (Python's round, half to ev
 ``Image.open(...).convert("RGB")``, whatever the mode (L, LA, RGBA, P, CMYK, I;16, ...).
 """
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from convmixer_suite.cli import UserError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                "nearest": Image.Resampling.NEAREST}
+# The image number of an ImageNet file name (ILSVRC2012_val_00000001.JPEG, ILSVRC2012_test_00000001.JPEG).
+IMAGENET_NUMBER_RE = re.compile(r"(?:^|/)ILSVRC\d{4}_[a-z]+_(\d{8})\.[^/.]+$")
 # What a damaged or non-image file raises while Pillow opens or decodes it.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 
@@ -91,10 +94,12 @@ def is_image_name(name: str) -> bool:
 
 
 def list_images(folder) -> tuple:
-    """(image paths sorted by relative path, number of non-image files skipped).
+    """(image paths in the guide's order, number of non-image files skipped).
 
     ``folder`` may be flat (``val/ILSVRC2012_val_00000001.JPEG``) or hold class subfolders
-    (``val/n01440764/...``); for a flat folder the order is file-name order.
+    (``val/n01440764/...``). The order is the ModelZoo preprocessor's: by the image number of ImageNet
+    names (``ILSVRC2012_val_00000001.JPEG`` -> 1) across subfolders, since the guide's scorer maps output
+    rows to images by that number; other names come after, by relative path.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -109,8 +114,14 @@ def list_images(folder) -> tuple:
                 skipped += 1
     if not images:
         raise UserError(f"{folder}: no image files found ({skipped} other files skipped)")
-    images.sort(key=lambda p: p.relative_to(folder).as_posix())
+    images.sort(key=lambda p: guide_order_key(p.relative_to(folder).as_posix()))
     return images, skipped
+
+
+def guide_order_key(relative_name: str) -> tuple:
+    """Sort key: ImageNet-numbered images by number (ties by path), then every other image by path."""
+    match = IMAGENET_NUMBER_RE.search(relative_name)
+    return (0, int(match.group(1)), relative_name) if match else (1, 0, relative_name)
 
 
 def load_batch(paths, transform: EvalTransform, rows: int = None, skip_bad: bool = False) -> tuple:

@@ -11,7 +11,8 @@
 #   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
 #   --stream (false; true: one streaming pass with convmixer_stream_eval.py instead of steps 1-3)
 #   --fresh (false; true: delete this batch size's earlier outputs first instead of resuming them)
-# Writes ./prep_image_bs${bs}/, ./result/outputs_bs${bs}_om/, ./msame_bs${bs}.txt, ./result/result_bs${bs}.json.
+# Writes ./prep_image_bs${bs}/, ./result/outputs_bs${bs}_om/ (msame's layout; our run records in
+# ./result/outputs_bs${bs}_om.runs/), ./msame_bs${bs}.txt, ./result/result_bs${bs}.json.
 set -euo pipefail
 
 readonly PROG="eval_acc_perf.sh"
@@ -34,7 +35,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 parse_args() {
@@ -120,7 +121,7 @@ runtime_args=(--model "$model" --backend "$backend" --precision "$precision")
 [[ -n "$calib" ]] && runtime_args+=(--calib "$calib")
 [[ -n "$device" ]] && runtime_args+=(--device "$device")
 if [[ "$fresh" == true ]]; then
-    rm -rf -- "$output_dir"
+    rm -rf -- "$output_dir" "${output_dir}.runs"
 fi
 
 if [[ "$stream" == true ]]; then

@@ -29,10 +29,16 @@ def reference(model, bin_path):
 
 
 def run_folder(output):
-    """The one timestamp folder of a run."""
-    folders = [p for p in output.iterdir() if p.is_dir()]
-    assert len(folders) == 1 and TIMESTAMP_RE.match(folders[0].name), folders
-    return folders[0]
+    """The one timestamp folder of a run: as with msame, nothing else is in --output."""
+    entries = list(output.iterdir())
+    assert len(entries) == 1 and entries[0].is_dir() and TIMESTAMP_RE.match(entries[0].name), entries
+    return entries[0]
+
+
+def summary_of(output):
+    """The run's summary JSON, in <output>.runs/ beside the output folder."""
+    folder = run_folder(output)
+    return json.loads((output.with_name(output.name + ".runs") / f"{folder.name}_summary.json").read_text())
 
 
 def infer(model, inputs, output, *extra, env=None):
@@ -72,7 +78,7 @@ def test_msame_layout_log_and_summary(backend, small_model, small_onnx, small_ch
     assert "%|" not in log and "inference:" not in log          # the progress bar is on stderr only
     assert "inference:" in result.stderr
 
-    summary = json.loads((output / f"{folder.name}_summary.json").read_text())
+    summary = summary_of(output)
     assert summary["backend"]["name"] == backend and summary["backend"]["version"]
     assert summary["batch_size"] == 2 and summary["threads"] == 1 and summary["precision"] == "fp32"
     assert summary["input"] == str(bin_folder.resolve()) and summary["num_images"] == 6
@@ -98,7 +104,12 @@ def test_single_file_loop_and_comma_list(small_onnx, bin_folder, tmp_path):
     one = infer(small_onnx, bin_folder / "input_00002.bin", tmp_path / "a", "--loop", "3")
     assert one.returncode == 0, one.stderr
     assert len(re.findall(r"^Inference time: ", one.stdout, re.MULTILINE)) == 3
-    assert re.search(r"^Inference average time: \d+\.\d{6} ms$", one.stdout, re.MULTILINE)
+    # msame's closing lines for a looped single file: both averages with %f, and nothing after them
+    assert re.search(r"Inference average time: \d+\.\d{6} ms\n"
+                     r"Inference average time without first time: \d+\.\d{6} ms\n\Z", one.stdout)
+    once = infer(small_onnx, bin_folder / "input_00002.bin", tmp_path / "c")
+    assert once.returncode == 0, once.stderr
+    assert re.search(r"\nInference average time: \d+\.\d{6} ms\n\Z", once.stdout)
     assert [p.name for p in run_folder(tmp_path / "a").iterdir()] == ["input_00002_output_0.txt"]
 
     listed = f"{bin_folder / 'input_00000.bin'},{bin_folder / 'input_00002.bin'}"
@@ -138,7 +149,7 @@ def test_resume_skips_finished_files_and_keeps_their_times(small_onnx, bin_folde
     # as if interrupted after the first file: the later outputs and their records are missing
     for k in (1, 2):
         (folder / f"input_{k:05d}_output_0.txt").unlink()
-    record = output / f"{folder.name}_latency_ms.tsv"
+    record = tmp_path / "out.runs" / f"{folder.name}_latency_ms.tsv"
     record.write_text("".join(record.read_text().splitlines(keepends=True)[:2]))
     (folder / "input_00000_output_0.txt").write_text(done)
 
@@ -149,7 +160,7 @@ def test_resume_skips_finished_files_and_keeps_their_times(small_onnx, bin_folde
     assert re.findall(r"start to process file:.*(input_\d+)\.bin", resumed.stdout) == ["input_00001", "input_00002"]
     assert (folder / "input_00000_output_0.txt").read_text() == done
     assert len(list(folder.iterdir())) == 3
-    summary = json.loads((output / f"{folder.name}_summary.json").read_text())
+    summary = summary_of(output)
     assert summary["latency_ms"]["count"] == 3 and summary["files_run_now"] == 2
 
 
@@ -187,7 +198,7 @@ def test_msame_backend_runs_the_real_tool_and_keeps_msame_layout(small_model, sm
     assert np.abs(values - expected).max() <= 1e-4 * np.abs(expected).max()
     assert "[INFO] model execute success" in result.stdout              # msame's own log passes through
     assert len(re.findall(r"^Inference average time : ", result.stdout, re.MULTILINE)) == 1
-    summary = json.loads((output / f"{folder.name}_summary.json").read_text())
+    summary = summary_of(output)
     assert summary["backend"]["name"] == "msame" and summary["latency_ms"]["count"] == 3
 
 
@@ -233,5 +244,5 @@ def test_ais_bench_backend_output_is_renamed_to_msame_layout(small_model, small_
     expected = reference(small_model, bin_folder / "input_00002.bin")
     assert np.abs(np.loadtxt(folder / "input_00002_output_0.txt") - expected).max() <= 1e-4 * np.abs(expected).max()
     assert "Inference average time : 2.50 ms" in result.stdout
-    summary = json.loads((output / f"{folder.name}_summary.json").read_text())
+    summary = summary_of(output)
     assert summary["backend"]["name"] == "ais_bench" and summary["latency_ms"]["mean"] == 2.5

@@ -134,13 +134,15 @@ def test_list_images_flat_and_class_folders(tmp_path):
     paths, skipped = list_images(flat)
     assert [p.name for p in paths] == ["a.jpeg", "b.JPEG", "c.png"] and skipped == 2
 
+    # the guide's order: by ImageNet image number across class folders, other names after by path
     nested = tmp_path / "nested"
-    for rel in ["n02/ILSVRC2012_val_00000001.JPEG", "n01/ILSVRC2012_val_00000003.JPEG",
-                "n01/ILSVRC2012_val_00000002.JPEG"]:
+    for rel in ["n02/ILSVRC2012_val_00000001.JPEG", "n01/ILSVRC2012_val_00000010.JPEG",
+                "n01/ILSVRC2012_val_00000002.JPEG", "n01/extra.jpg", "a_photo.png"]:
         write_photo(nested / rel, size=(20, 20))
     paths, skipped = list_images(nested)
     assert [p.relative_to(nested).as_posix() for p in paths] == [
-        "n01/ILSVRC2012_val_00000002.JPEG", "n01/ILSVRC2012_val_00000003.JPEG", "n02/ILSVRC2012_val_00000001.JPEG"]
+        "n02/ILSVRC2012_val_00000001.JPEG", "n01/ILSVRC2012_val_00000002.JPEG", "n01/ILSVRC2012_val_00000010.JPEG",
+        "a_photo.png", "n01/extra.jpg"]
     assert skipped == 0
 
 
