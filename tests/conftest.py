@@ -169,12 +169,15 @@ for path in files:
     else:
         name.write_text("".join("".join(f"{v:g} " for v in row) + "\n" for row in logits))
     print(f"[INFO] output data success")
+rest = times[1:]
 if len(files) == 1 and not source.is_dir():
     print(f"Inference average time: {sum(times) / len(times):f} ms")
+    if rest:
+        print(f"Inference average time without first time: {sum(rest) / len(rest):f} ms")
 else:
-    rest = times[1:]
     print(f"Inference average time : {sum(times) / len(times):.2f} ms")
-    print(f"Inference average time without first time: {(sum(rest) / len(rest) if rest else 0):.2f} ms")
+    if rest:
+        print(f"Inference average time without first time: {sum(rest) / len(rest):.2f} ms")
 print("[INFO] unload model success, model Id is 1")
 '''
 

@@ -246,3 +246,12 @@ def test_ais_bench_backend_output_is_renamed_to_msame_layout(small_model, small_
     assert "Inference average time : 2.50 ms" in result.stdout
     summary = summary_of(output)
     assert summary["backend"]["name"] == "ais_bench" and summary["latency_ms"]["mean"] == 2.5
+
+
+def test_resume_refuses_outputs_without_a_run_record(small_onnx, bin_folder, tmp_path):
+    output = tmp_path / "out"
+    assert infer(small_onnx, bin_folder, output).returncode == 0
+    folder = run_folder(output)
+    (tmp_path / "out.runs" / f"{folder.name}_latency_ms.tsv").unlink()
+    again = infer(small_onnx, bin_folder, output, "--resume", "latest")
+    assert again.returncode == 2 and "holds outputs but no run record" in again.stderr
