@@ -2,8 +2,8 @@
 
     python3 convmixer_preprocess.py --image-path /opt/npu/imageNet/val --prep-image ./prep_image_bs1 --batch-size 1
 
-Images are taken in sorted relative-path order (file-name order for a flat val folder; class subfolders work
-too), ``--batch-size`` per file, the last file padded with zero images. Each goes through the model's eval
+Images are taken in the guide's order (by the number in ImageNet names, across class subfolders; other names
+after, by path: transform.list_images), ``--batch-size`` per file, the last file padded with zero images. Each goes through the model's eval
 transform (convmixer_suite.transform.EvalTransform). A .manifest.json beside the files records which image is
 in which row; convmixer_eval_acc.py reads it.
 
