@@ -156,7 +156,8 @@ def manifest_run(tmp_path, batch_size=3):
     return out, prep, labels_file, logits[real], labels[real], logits[:len(names)], labels[:len(names)]
 
 
-@pytest.mark.parametrize("how", ["flag", "in_output_folder", "ais_bench_summary_args", "summary_input"])
+@pytest.mark.parametrize("how", ["flag", "in_output_folder", "ais_bench_summary_args", "summary_input",
+                                 "runner_records"])
 def test_manifest_mapping(tmp_path, how):
     out, prep, labels_file, logits, labels, _, _ = manifest_run(tmp_path)
     extra = []
@@ -167,8 +168,12 @@ def test_manifest_mapping(tmp_path, how):
     elif how == "ais_bench_summary_args":
         summary = {"args": ["ais_bench", "--model", "m.om", "--input", str(prep), "--output", str(out)]}
         (out / "2022516_3_8_36_123456_summary.json").write_text(json.dumps(summary))
-    else:
+    elif how == "summary_input":
         (out / "2022516_3_8_36_123456" / "summary.json").write_text(json.dumps({"input": str(prep)}))
+    else:  # convmixer_infer.py's summary, in <output>.runs/ beside the output folder
+        records = out.with_name(out.name + ".runs")
+        records.mkdir()
+        (records / "2022516_3_8_36_123456_summary.json").write_text(json.dumps({"input": str(prep)}))
     table = evaluate(out, labels_file, tmp_path, *extra)
     assert_scores(table, logits, labels)
     assert json_values(table)["Number of images"] == "9"
