@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules: small seeded ConvMixers, their checkpoints, generated photos."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,19 @@ def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True,
                           check=check, timeout=timeout)
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: a download from it is refused at once (tests never reach out
+    to the real release address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_env() -> dict:
+    """Environment for scripts that may download a released checkpoint: its base URL on a closed port."""
+    return {"CONVMIXER_RELEASE_URL": f"http://127.0.0.1:{closed_port()}/v1.0"}
 
 
 # ---- issue 2: checkpoint layouts ------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import http.server
 import io
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, seeded_model
+from conftest import REPO, closed_port, seeded_model
 
 import convmixer_net
 import convmixer_pth2onnx
@@ -73,12 +72,6 @@ def release_bytes():
 
 def serve(server, body, status=200, announced=None, delay_s=0):
     server.routes[f"/v1.0/{NAME}"] = (status, body, announced, delay_s)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def assert_nothing_left(folder):
