@@ -1,15 +1,12 @@
 """convmixer_suite.download against a local HTTP server on 127.0.0.1: a good transfer, a transfer cut in the
 middle, a 404, a file that is not a checkpoint, a wrong model, no server at all and a server that never
 answers. Each ends with one clear line and leaves nothing half-written; the good one loads."""
-import contextlib
 import hashlib
-import http.server
 import io
 import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -26,39 +23,11 @@ SPEC = convmixer_net.ARCHS["convmixer_768_32"]          # the smallest release (
 NAME = SPEC.checkpoint
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.routes[path] = (status, body, announced Content-Length, delay_s)``."""
-
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        status, body, announced, delay_s = self.server.routes.get(self.path, (404, b"Not Found", None, 0))
-        time.sleep(delay_s)
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body) if announced is None else announced))
-        self.end_headers()
-        self.wfile.write(body)  # then HTTP/1.0 closes the connection, cutting a body shorter than announced
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.routes, httpd.requests = {}, []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def release(server, monkeypatch):
+def release(release_server, monkeypatch):
     """The local server as the release's base address; returns (server, the address of NAME)."""
-    base = f"http://127.0.0.1:{server.server_address[1]}/v1.0"
-    monkeypatch.setenv(download.RELEASE_URL_ENV, base)
-    return server, f"{base}/{NAME}"
+    monkeypatch.setenv(download.RELEASE_URL_ENV, release_server.base)
+    return release_server, f"{release_server.base}/{NAME}"
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +39,8 @@ def release_bytes():
     return buffer.getvalue(), model.state_dict()
 
 
-def serve(server, body, status=200, announced=None, delay_s=0):
-    server.routes[f"/v1.0/{NAME}"] = (status, body, announced, delay_s)
+def serve(server, body, **kwargs):
+    server.serve(NAME, body, **kwargs)
 
 
 def assert_nothing_left(folder):
