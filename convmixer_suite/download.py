@@ -72,7 +72,8 @@ def download_checkpoint(path, spec, url=None, timeout_s: float = TIMEOUT_S) -> P
         try:
             size_bytes, sha256 = _fetch(url, tmp, timeout_s)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            raise UserError(f"cannot download {url}: {_why(exc, timeout_s)}. Fetch it by hand: {by_hand(url, path)}") from None
+            raise UserError(f"cannot download {url}: {_why(exc, timeout_s)}. "
+                            f"Fetch it by hand: {by_hand(url, path)}") from None
         _check_loads(tmp, spec, url, path)
         _write_records(path, url, size_bytes, sha256)
     print(f"downloaded {path}: {size_bytes} bytes, sha256 {sha256} (recorded in {path.name}.sha256)",

@@ -130,13 +130,15 @@ else
     fi
     weights_line="RANDOM weights ($(pwd)/$RANDOM_CHECKPOINT), because $random_reason"
     echo "    using $source_path (seeded RANDOM weights) instead of $CHECKPOINT"
-    accuracy_note="RANDOM weights: this accuracy means nothing; put $CHECKPOINT in the directory you run this from, or in $REPO_DIR, for real figures."
+    accuracy_note="RANDOM weights: this accuracy means nothing; put $CHECKPOINT in the directory you run this"
+    accuracy_note+=" from, or in $REPO_DIR, for real figures."
 fi
 
 echo "==> 3. images"
 if [[ -z "$datasets_path" ]]; then
     datasets_path="$(pwd)/imagenet_sample"
-    suite_module demo_data dataset "$datasets_path" --num-images "$num_images" || die "step 3 (generating sample images) failed"
+    suite_module demo_data dataset "$datasets_path" --num-images "$num_images" \
+        || die "step 3 (generating sample images) failed"
     accuracy_note="${accuracy_note:+$accuracy_note }Generated pictures with rule-based labels: this accuracy means nothing."
 else
     echo "    using $datasets_path"
