@@ -3,7 +3,9 @@
     python3 convmixer_pth2onnx.py --source ./convmixer_1536_20_ks9_p7.pth.tar --target ./convmixer_1536_20.onnx
 
 The checkpoint may be locuslab's release or timm's (.pth, .pth.tar or .safetensors; raw, wrapped or with
-``module.`` prefixes). The ONNX model has input ``image`` [N,3,224,224] float32 and output ``class`` [N,1000],
+``module.`` prefixes). A missing --source named like one of the three released checkpoints is downloaded
+first (convmixer_suite.download: checked, its size and sha256 recorded beside it), unless --no-download.
+The ONNX model has input ``image`` [N,3,224,224] float32 and output ``class`` [N,1000],
 with a dynamic batch axis unless --batch-size fixes it. After writing, onnx.checker and ONNX Runtime vs PyTorch
 (seeded input, batch 1 and 3) must agree to max |diff|/max |logit| <= 1e-4, or nothing is left at --target.
 """
@@ -11,7 +13,7 @@ import argparse
 import time
 
 import convmixer_net
-from convmixer_suite import checkpoint, export
+from convmixer_suite import checkpoint, download, export
 from convmixer_suite.cli import UserError, run_main
 
 
@@ -26,6 +28,9 @@ def parse_args(argv=None):
                         help=f"ONNX opset (default {export.DEFAULT_OPSET}, as the ModelZoo export)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="fix the batch size in the model (default: a dynamic batch axis)")
+    parser.add_argument("--no-download", action="store_true",
+                        help="when --source is missing and named like a released checkpoint, fail instead of "
+                             "downloading it (the default downloads it, checked, with its sha256 recorded beside it)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load checkpoints the safe loader refuses, by full unpickling; this EXECUTES "
                              "CODE from the file, so use it only for files you trust")
@@ -37,7 +42,8 @@ def main(argv=None):
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     start = time.perf_counter()
-    model, spec = checkpoint.load_model(args.source, args.arch, args.allow_pickle)
+    source = download.ensure_checkpoint(args.source, download=not args.no_download)
+    model, spec = checkpoint.load_model(source, args.arch, args.allow_pickle)
     print(f"loaded {args.source}: {checkpoint.describe(spec)}")
     batch = f"fixed batch {args.batch_size}" if args.batch_size else "dynamic batch"
     print(f"exporting to {args.target} (opset {args.opset}, {batch}) and verifying it")

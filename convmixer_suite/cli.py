@@ -17,16 +17,20 @@ class UserError(Exception):
 def run_main(main, argv=None) -> None:
     """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError,
     130 on Ctrl-C."""
-    prog = Path(sys.argv[0]).name
     try:
         status = main(argv)
     except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print_error(exc)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(status or 0)
+
+
+def print_error(message) -> None:
+    """One ``prog: error: …`` line on stderr: for a UserError, or for one bad item a script skips."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
 
 
 def positive_int(text: str) -> int:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quick start: the guide's whole flow (checkpoint -> ONNX -> inference -> accuracy and speed) on this machine.
 #     bash test/demo.sh [--datasets_path=/opt/npu/imageNet] [--batch_size=1] [--num_images=8]
-#                       [--backend=auto] [--work_dir=./demo_work] [--install=true]
+#                       [--backend=auto] [--work_dir=./demo_work] [--install=true] [--download=true]
 # Installs requirements.txt (--install=false skips it), then works inside --work_dir. It uses the real
-# checkpoint convmixer_1536_20_ks9_p7.pth.tar when it is in the current directory or the repository,
-# otherwise writes RANDOM_WEIGHTS_convmixer_1536_20.pth.tar (seeded random weights: accuracy means nothing).
+# checkpoint convmixer_1536_20_ks9_p7.pth.tar when it is in the current directory or the repository, else
+# downloads it into the current directory (--download=false skips that). Only when that fails does it write
+# RANDOM_WEIGHTS_convmixer_1536_20.pth.tar (seeded random weights: accuracy means nothing), and it says why.
 # It uses --datasets_path (val/ and val_label.txt) when given, otherwise generates --num_images pictures in
 # ImageNet layout with rule-based labels (accuracy on them means nothing). Then it runs test/pth2om.sh and
 # test/eval_acc_perf.sh and prints their accuracy and performance figures.
@@ -21,6 +22,7 @@ num_images=8
 backend="auto"
 work_dir="./demo_work"
 install=true
+download=true
 
 die() {
     echo "$PROG: error: $*" >&2
@@ -37,17 +39,36 @@ parse_args() {
             --backend=*) backend="${arg#*=}" ;;
             --work_dir=*) work_dir="${arg#*=}" ;;
             --install=*) install="${arg#*=}" ;;
-            -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+            --download=*) download="${arg#*=}" ;;
+            -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
             *) die "unknown argument '$arg' (see --help)" ;;
         esac
     done
     [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
     [[ "$num_images" =~ ^[1-9][0-9]*$ ]] || die "--num_images=$num_images: must be a positive integer"
     [[ "$install" == true || "$install" == false ]] || die "--install=$install: must be true or false"
+    [[ "$download" == true || "$download" == false ]] || die "--download=$download: must be true or false"
 }
 
-demo_data() {
-    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -m convmixer_suite.demo_data "$@"
+# suite_module NAME ARGS...: python3 -m convmixer_suite.NAME ARGS... from anywhere
+suite_module() {
+    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -m "convmixer_suite.$1" "${@:2}"
+}
+
+# try_download PATH: download the released checkpoint to PATH, its progress and messages on stderr as they
+# come; on failure, sets download_failure to the download's error line (what went wrong, and the by-hand
+# command) and returns 1.
+try_download() {
+    local log
+    log="$(mktemp)"
+    if { suite_module download "$1" 2>&1 1>&3 | tee "$log" >&2; } 3>&1; then
+        rm -f "$log"
+        return 0
+    fi
+    download_failure="$(grep -a 'error: ' "$log" | tail -n 1 | sed 's/^.*error: //')" || true
+    download_failure="${download_failure:-see the messages above}"
+    rm -f "$log"
+    return 1
 }
 
 # find_checkpoint: the real checkpoint's absolute path, or nothing.
@@ -68,6 +89,7 @@ if [[ -n "$datasets_path" ]]; then
     datasets_path="$(cd "$datasets_path" && pwd)"
 fi
 real_checkpoint="$(find_checkpoint)"
+download_target="$(pwd)/$CHECKPOINT"
 
 if [[ "$install" == true ]]; then
     echo "==> 1. installing requirements.txt"
@@ -83,22 +105,40 @@ echo "    working in $(pwd)"
 
 echo "==> 2. checkpoint"
 accuracy_note=""
+download_failure=""
+weights_origin=""
+if [[ -z "$real_checkpoint" && "$download" == false ]]; then
+    random_reason="$CHECKPOINT was not found and --download=false"
+elif [[ -z "$real_checkpoint" ]]; then
+    echo "    $CHECKPOINT is neither here nor in $REPO_DIR: downloading it"
+    if try_download "$download_target"; then
+        real_checkpoint="$download_target"
+        weights_origin=" (downloaded just now; its sha256 is in $CHECKPOINT.sha256 beside it)"
+    else
+        random_reason="the download of $CHECKPOINT failed: $download_failure"
+        echo "    the download failed (the error line above says why)"
+    fi
+fi
 if [[ -n "$real_checkpoint" ]]; then
     source_path="$real_checkpoint"
+    weights_line="REAL weights: $source_path$weights_origin"
     echo "    using the real checkpoint $source_path"
 else
     source_path="./$RANDOM_CHECKPOINT"
     if [[ ! -f "$source_path" ]]; then
-        demo_data checkpoint "$source_path" || die "step 2 (writing a random checkpoint) failed"
+        suite_module demo_data checkpoint "$source_path" || die "step 2 (writing a random checkpoint) failed"
     fi
-    echo "    $CHECKPOINT not found: using $source_path (seeded RANDOM weights)"
-    accuracy_note="RANDOM weights: this accuracy means nothing; put $CHECKPOINT in the directory you run this from, or in $REPO_DIR, for real figures."
+    weights_line="RANDOM weights ($(pwd)/$RANDOM_CHECKPOINT), because $random_reason"
+    echo "    using $source_path (seeded RANDOM weights) instead of $CHECKPOINT"
+    accuracy_note="RANDOM weights: this accuracy means nothing; put $CHECKPOINT in the directory you run this"
+    accuracy_note+=" from, or in $REPO_DIR, for real figures."
 fi
 
 echo "==> 3. images"
 if [[ -z "$datasets_path" ]]; then
     datasets_path="$(pwd)/imagenet_sample"
-    demo_data dataset "$datasets_path" --num-images "$num_images" || die "step 3 (generating sample images) failed"
+    suite_module demo_data dataset "$datasets_path" --num-images "$num_images" \
+        || die "step 3 (generating sample images) failed"
     accuracy_note="${accuracy_note:+$accuracy_note }Generated pictures with rule-based labels: this accuracy means nothing."
 else
     echo "    using $datasets_path"
@@ -119,6 +159,7 @@ eval_args=(--batch_size="$batch_size" --datasets_path="$datasets_path" --backend
 nested bash "$REPO_DIR/test/eval_acc_perf.sh" "${eval_args[@]}" || die "step 5 (test/eval_acc_perf.sh) failed"
 
 echo "==> 6. results (in $(pwd))"
+echo "weights: $weights_line"
 echo "performance (model execution, from ./msame_bs${batch_size}.txt):"
 python3 "$REPO_DIR/test/parse.py" --result-file "./msame_bs${batch_size}.txt" --batch-size "$batch_size"
 echo "accuracy (from ./result/result_bs${batch_size}.json):"

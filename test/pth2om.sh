@@ -3,7 +3,8 @@
 #     bash test/pth2om.sh --batch_size=1 --not_skip_onnx=true
 # Flags (--key=value): --batch_size (1), --not_skip_onnx (true: always export; false: reuse an existing ONNX),
 # --soc_version (from `npu-smi info` when present, else Ascend310P3),
-# --source (checkpoint, ./convmixer_1536_20_ks9_p7.pth.tar).
+# --source (checkpoint, ./convmixer_1536_20_ks9_p7.pth.tar; when missing and named like a released checkpoint
+# it is downloaded, checked and its sha256 recorded beside it), --download (true; false: never download).
 # Writes convmixer_1536_20.onnx and, where atc is installed, convmixer_1536_20_bs${batch_size}.om in the
 # current directory. Without atc the OM step is skipped: the ONNX model runs on ONNX Runtime instead.
 set -euo pipefail
@@ -19,6 +20,7 @@ batch_size=1
 not_skip_onnx=true
 soc_version=""
 source_path="./convmixer_1536_20_ks9_p7.pth.tar"
+download=true
 
 die() {
     echo "$PROG: error: $*" >&2
@@ -26,7 +28,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 parse_args() {
@@ -37,18 +39,20 @@ parse_args() {
             --not_skip_onnx=*) not_skip_onnx="${arg#*=}" ;;
             --soc_version=*) soc_version="${arg#*=}" ;;
             --source=*) source_path="${arg#*=}" ;;
+            --download=*) download="${arg#*=}" ;;
             -h|--help) usage; exit 0 ;;
             *) echo "$PROG: error: unknown argument '$arg' (expected --batch_size=N --not_skip_onnx=true|false" \
-                    "--soc_version=SOC --source=CHECKPOINT)" >&2
+                    "--soc_version=SOC --source=CHECKPOINT --download=true|false)" >&2
                exit 2 ;;
         esac
     done
     [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size must be a positive integer, got '$batch_size'"
     [[ "$not_skip_onnx" == true || "$not_skip_onnx" == false ]] \
         || die "--not_skip_onnx must be true or false, got '$not_skip_onnx'"
+    [[ "$download" == true || "$download" == false ]] || die "--download must be true or false, got '$download'"
 }
 
-# Asks convmixer_net (the one place these live) for a fact: the checkpoint URL or the input shape.
+# Asks convmixer_net (the one place it lives) for a fact: the input shape.
 model_fact() {
     PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import convmixer_net as n; $1"
 }
@@ -74,11 +78,9 @@ export_onnx() {
         return
     fi
     echo "==> 1. exporting $source_path to $ONNX_FILE"
-    if [[ ! -f "$source_path" ]]; then
-        die "checkpoint $source_path not found; download it from $(model_fact 'print(n.ARCHS[n.DEFAULT_ARCH].url)')" \
-            "or pass --source=PATH"
-    fi
-    python3 "$REPO_DIR/convmixer_pth2onnx.py" --source "$source_path" --target "$ONNX_FILE" \
+    local export_args=(--source "$source_path" --target "$ONNX_FILE")
+    [[ "$download" == true ]] || export_args+=(--no-download)
+    python3 "$REPO_DIR/convmixer_pth2onnx.py" "${export_args[@]}" \
         || die "ONNX export of $source_path failed (see the message above)"
 }
 

@@ -1,7 +1,11 @@
 """Fixtures shared by the test modules: small seeded ConvMixers, their checkpoints, generated photos."""
+import http.server
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +88,64 @@ def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True,
                           check=check, timeout=timeout)
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on: a download from it is refused at once (tests never reach out
+    to the real release address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def offline_env() -> dict:
+    """Environment for scripts that may download a released checkpoint: its base URL on a closed port."""
+    return {"CONVMIXER_RELEASE_URL": f"http://127.0.0.1:{closed_port()}/v1.0"}
+
+
+class _ReleaseHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET with ``server.routes[path] = (status, body, announced Content-Length, delay_s)``."""
+
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        status, body, announced, delay_s = self.server.routes.get(self.path, (404, b"Not Found", None, 0))
+        time.sleep(delay_s)
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body) if announced is None else announced))
+        self.end_headers()
+        self.wfile.write(body)  # then HTTP/1.0 closes the connection, cutting a body shorter than announced
+
+    def log_message(self, *args):
+        pass
+
+
+class ReleaseServer:
+    """A local stand-in for the release address: ``base`` goes in $CONVMIXER_RELEASE_URL."""
+
+    def __init__(self):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ReleaseHandler)
+        self.httpd.routes, self.httpd.requests = {}, []
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1.0"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def requests(self) -> list:
+        return self.httpd.requests
+
+    def serve(self, name, body: bytes, status=200, announced=None, delay_s=0):
+        """Serve ``body`` as ``base/name``; ``announced`` is a Content-Length other than the body's."""
+        self.httpd.routes[f"/v1.0/{name}"] = (status, body, announced, delay_s)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def release_server():
+    server = ReleaseServer()
+    yield server
+    server.close()
 
 
 # ---- issue 2: checkpoint layouts ------------------------------------------------------------------------

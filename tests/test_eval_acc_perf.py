@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, fake_om, run_script, seeded_model, write_photo
+from conftest import REPO, fake_om, offline_env, run_script, seeded_model, write_photo
 from convmixer_suite.transform import EvalTransform, list_images, load_rgb
 
 NUM_PHOTOS = 7  # with batch size 2: three full batches and one padded
@@ -177,13 +177,24 @@ def test_demo_data_writes_a_real_layout_checkpoint_and_a_labelled_sample(tmp_pat
 
 
 @pytest.mark.fullsize
-def test_demo_runs_the_quick_start_on_random_weights(tmp_path):
-    result = run_script("test/demo.sh", "--install=false", "--num_images=2", cwd=tmp_path, timeout=900)
+def test_demo_runs_the_quick_start_on_random_weights_when_the_download_fails(tmp_path):
+    """Offline (the release address on a closed port): the demo says that the download failed and why,
+    and that it falls back to random weights."""
+    env = offline_env()
+    url = f"{env['CONVMIXER_RELEASE_URL']}/convmixer_1536_20_ks9_p7.pth.tar"
+    result = run_script("test/demo.sh", "--install=false", "--num_images=2", cwd=tmp_path, env=env, timeout=900)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert [int(n) for n in re.findall(r"^==> (\d)\.", out, re.MULTILINE)] == [1, 2, 3, 4, 5, 6]
     work = tmp_path / "demo_work"
     assert (work / "RANDOM_WEIGHTS_convmixer_1536_20.pth.tar").is_file() and (work / "convmixer_1536_20.onnx").is_file()
+    assert f"download.py: error: cannot download {url}: Connection refused. Fetch it by hand: wget -O " \
+           f"{tmp_path}/convmixer_1536_20_ks9_p7.pth.tar {url}" in result.stderr
+    assert "    the download failed (the error line above says why)\n" in out
+    assert f"\nweights: RANDOM weights ({work}/RANDOM_WEIGHTS_convmixer_1536_20.pth.tar), because the download " \
+           f"of convmixer_1536_20_ks9_p7.pth.tar failed: cannot download {url}: Connection refused. Fetch it by " \
+           f"hand: wget -O" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_work"]   # no partial download left
     assert re.search(r"^performance .*\nbs1 fps:\d+\.\d{3}$", out, re.MULTILINE)
     assert re.search(r"^accuracy .*\ntop1:\d", out, re.MULTILINE)
     assert "NOTE: RANDOM weights: this accuracy means nothing" in out
@@ -191,24 +202,31 @@ def test_demo_runs_the_quick_start_on_random_weights(tmp_path):
 
 
 @pytest.mark.fullsize
-def test_demo_with_a_real_format_checkpoint_reports_pytorch_top1(tmp_path):
-    """A full-size checkpoint in the release's name and layout, photos, labels from PyTorch: top-1 as PyTorch."""
+def test_demo_downloads_the_checkpoint_and_reports_pytorch_top1(tmp_path, release_server):
+    """A full-size checkpoint in the release's name and layout, served by a local release server: the demo
+    downloads it, says it uses real weights, and with photos and labels from PyTorch scores top-1 as PyTorch."""
     from convmixer_suite import demo_data
-    checkpoint = demo_data.write_random_checkpoint(tmp_path / "convmixer_1536_20_ks9_p7.pth.tar", seed=3)
+    (tmp_path / "served").mkdir()
+    served = demo_data.write_random_checkpoint(tmp_path / "served" / "convmixer_1536_20_ks9_p7.pth.tar", seed=3)
+    release_server.serve(served.name, served.read_bytes())
+    checkpoint = tmp_path / served.name
     datasets = tmp_path / "imagenet"
     photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
               for i in (1, 2, 3)]
     from convmixer_suite.checkpoint import load_model
-    model, _ = load_model(checkpoint)
+    model, _ = load_model(served)
     transform = EvalTransform()
     with torch.no_grad():
         predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()
     wrong = (predicted[1] + 1) % 1000  # one deliberately wrong label: top-1 must be 2 of 3
     (datasets / "val_label.txt").write_text(
         "".join(f"{p.name} {c}\n" for p, c in zip(photos, [predicted[0], wrong, predicted[2]])))
-    result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=tmp_path, timeout=900)
+    result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=tmp_path,
+                        env={"CONVMIXER_RELEASE_URL": release_server.base}, timeout=900)
     assert result.returncode == 0, result.stderr
+    assert checkpoint.read_bytes() == served.read_bytes() and (tmp_path / f"{served.name}.sha256").is_file()
     assert f"using the real checkpoint {checkpoint}" in result.stdout and "NOTE:" not in result.stdout
+    assert f"\nweights: REAL weights: {checkpoint} (downloaded just now;" in result.stdout
     assert result.stdout.split("accuracy (from ./result/result_bs1.json):\n")[1].split("\n")[0] == \
         f"top1:{round(2 / 3 * 100, 2)}%"
 
@@ -216,6 +234,7 @@ def test_demo_with_a_real_format_checkpoint_reports_pytorch_top1(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--bogus=1"], "unknown argument '--bogus=1'"),
     (["--install=false", "--datasets_path=/nonexistent_imagenet"], "--datasets_path=/nonexistent_imagenet: no such folder"),
+    (["--download=maybe"], "--download=maybe: must be true or false"),
 ])
 def test_demo_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     result = run_script("test/demo.sh", *args, cwd=tmp_path)

@@ -5,7 +5,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import run_script
+from conftest import offline_env, run_script
 
 import convmixer_net
 
@@ -146,12 +146,25 @@ def test_not_skip_onnx_false_without_an_onnx_is_an_error(tmp_path):
     assert "--not_skip_onnx=false but" in result.stderr and "convmixer_1536_20.onnx does not exist" in result.stderr
 
 
-def test_missing_checkpoint_says_where_to_download_it(tmp_path):
-    result = run_script("test/pth2om.sh", "--batch_size=1", "--not_skip_onnx=true", cwd=tmp_path)
+def test_missing_checkpoint_is_downloaded_or_the_script_says_why_not(tmp_path):
+    """Offline (the release address on a closed port): the download's one line names the address and the
+    by-hand command, and nothing is left behind."""
+    env = offline_env()
+    url = f"{env['CONVMIXER_RELEASE_URL']}/{CHECKPOINT}"
+    result = run_script("test/pth2om.sh", "--batch_size=1", "--not_skip_onnx=true", cwd=tmp_path, env=env)
     assert result.returncode != 0
-    assert f"checkpoint ./{CHECKPOINT} not found" in result.stderr
-    assert convmixer_net.ARCHS["convmixer_1536_20"].url in result.stderr
-    assert not (tmp_path / "convmixer_1536_20.onnx").exists()
+    assert f"convmixer_pth2onnx.py: error: cannot download {url}: Connection refused. Fetch it by hand: " \
+           f"wget -O {CHECKPOINT} {url}" in result.stderr
+    assert f"pth2om.sh: error: ONNX export of ./{CHECKPOINT} failed" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_false_names_the_release_address(tmp_path):
+    result = run_script("test/pth2om.sh", "--download=false", cwd=tmp_path, env={"CONVMIXER_RELEASE_URL": ""})
+    assert result.returncode != 0
+    assert f"{CHECKPOINT}: checkpoint not found (--no-download). Fetch it by hand: wget -O {CHECKPOINT} " \
+           f"{convmixer_net.ARCHS['convmixer_1536_20'].url}" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_export_stops_the_script(tmp_path):
@@ -167,6 +180,7 @@ def test_failed_export_stops_the_script(tmp_path):
     (["--batch_size", "1"], "unknown argument '--batch_size'"),
     (["--batch_size=0"], "--batch_size must be a positive integer, got '0'"),
     (["--not_skip_onnx=yes"], "--not_skip_onnx must be true or false, got 'yes'"),
+    (["--download=no"], "--download must be true or false, got 'no'"),
 ])
 def test_bad_flags_get_a_clear_line(tmp_path, args, expected):
     result = run_script("test/pth2om.sh", *args, cwd=tmp_path)
