@@ -67,6 +67,8 @@ def download_checkpoint(path, spec, url=None, timeout_s: float = TIMEOUT_S) -> P
     path = Path(path)
     url = url or release_url(spec)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a download that was killed
+        stale.unlink()
     print(f"{path} not found: downloading {spec.name}'s released weights from {url}", file=sys.stderr)
     with atomic_path(path) as tmp:
         try:

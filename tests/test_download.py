@@ -68,6 +68,7 @@ def test_good_download_is_checked_recorded_and_loads(tmp_path, release, release_
     body, state_dict = release_bytes
     serve(server, body)
     path = tmp_path / NAME
+    (tmp_path / f".{NAME}.tmp999").write_bytes(body[:100])  # left by an earlier download killed midway
     assert download.ensure_checkpoint(path) == path
     assert path.read_bytes() == body
     sha256 = hashlib.sha256(body).hexdigest()
