@@ -43,12 +43,12 @@ def stream_eval(model, images, labels, out, *extra):
     return run_script(*stream_args(model, images, labels, out, *extra))
 
 
-def kill_after_records(argv, records, min_parts=3, timeout_s=120):
+def kill_after_records(argv, records, min_parts=3, timeout_s=120, env=None):
     """Start ``argv`` (a repo script and its arguments), kill -9 it once ``records`` holds ``min_parts`` part
     files, and return how many parts there were when it died."""
     cmd = [sys.executable, str(REPO / argv[0])] + [str(a) for a in argv[1:]]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline and proc.poll() is None:
