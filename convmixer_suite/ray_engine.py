@@ -23,6 +23,7 @@ batches (``max_task_retries``).
 import dataclasses
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -212,7 +213,9 @@ def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
                                 fn_kwargs={"transform": EvalTransform().to_dict()})
     # Decoding runs in tasks of its own, fused with the reads, never inside the replicas: Ray Data fuses a task
     # into the next operator only when their remote arguments match, and the replicas' restart options differ.
-    runtime = dataclasses.replace(job, paths=[], names=[], labels=[], batches=[])  # what a replica needs
+    runtime = dataclasses.replace(job, paths=[], names=[], labels=[], batches=[],  # what a replica needs
+                                  model=str(Path(job.model).resolve()),  # replicas run in other folders
+                                  calib=str(Path(job.calib).resolve()) if job.calib else None)
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts and max_task_retries
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         return decoded.map_batches(Replica, batch_size=job.batch_size, batch_format="numpy",
@@ -239,13 +242,20 @@ def batch_results(rows, job: EvalJob):
                           decode_s=float(sum(r["decode_s"] for r in got)), replica=str(first["replica"]))
 
 
+USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)
+
+
 def wrapped_user_error(exc: BaseException) -> "UserError | None":
-    """The UserError a Ray task or actor raised, found in the exception Ray hands the driver."""
+    """The UserError a Ray task or actor raised, from the exception Ray hands the driver: a task's error carries
+    it as ``cause``; an actor that failed to start only as text (``…UserError: message``)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, UserError):
             return UserError(str(exc))
+        found = USER_ERROR_LINE.findall(str(exc))
+        if found:
+            return UserError(found[-1].strip())
         exc = getattr(exc, "cause", None) or exc.__cause__
     return None
 

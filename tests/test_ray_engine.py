@@ -2,6 +2,7 @@
 JSON and per-image records as the local engine, 2 replicas on 2 CPUs without a hang, a replica that dies,
 the driver killed and rerun, a bad image, Ray not installed."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import export_small_onnx, run_script
 from convmixer_suite.records import read_records, records_folder
 from convmixer_suite.ray_engine import FAULT_ENV
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
@@ -62,6 +63,7 @@ def ray_address():
             except subprocess.TimeoutExpired:
                 pass
             time.sleep(1)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def stream_eval(model, images, labels, out, *extra, env=None):
@@ -153,3 +155,30 @@ def test_without_ray_one_line_says_how_to_install_it(tmp_path, small_onnx, photo
                             "--annotation-file-path", labelled, "--result-json-path", tmp_path / "o",
                             "--json-file-name", "r.json", "--replicas", 2)
     assert local_only.returncode == 2 and "--replicas needs --engine ray" in local_only.stderr
+
+
+def test_eval_acc_perf_passes_the_ray_engine_through(tmp_path, small_onnx, photo_folder, labelled, ray_address):
+    """The guide's wrapper with --stream=true --engine=ray: the same accuracy and an fps that parse.py read."""
+    datasets = tmp_path / "imagenet"
+    shutil.copytree(photo_folder, datasets / "val")
+    shutil.copy(labelled, datasets / "val_label.txt")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(small_onnx, work / "convmixer_1536_20.onnx")
+    result = run_script("test/eval_acc_perf.sh", f"--batch_size={BS}", f"--datasets_path={datasets}", "--stream=true",
+                        "--engine=ray", f"--ray_address={ray_address}", "--replicas=2", "--threads=1", cwd=work,
+                        env=RAY_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "2 replicas of 0.5 CPU each" in (work / f"msame_bs{BS}.txt").read_text()
+    assert result.stdout.split("====performance data====\n")[1].startswith(f"bs{BS} fps:")
+    assert result.stdout.split("====accuracy data====\n")[1].split("\n")[0] == "top1:57.14%"
+    assert (work / "result" / f"result_bs{BS}_records" / "identity.json").is_file()
+
+
+def test_a_replicas_user_error_is_one_line(tmp_path, small_model, photo_folder, labelled, ray_address):
+    fixed = export_small_onnx(small_model, tmp_path / "fixed_bs2.onnx", batch_size=2)
+    result = stream_eval(fixed, photo_folder, labelled, tmp_path / "out", "--engine", "ray", "--ray-address",
+                         ray_address)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (f"convmixer_stream_eval.py: error: {fixed}: the model takes "
+                                                      f"batches of 2, not --batch-size {BS}")
