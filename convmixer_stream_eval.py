@@ -25,8 +25,8 @@ from tqdm import tqdm
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
 from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.records import (DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, records_folder,
-                                     run_identity)
+from convmixer_suite.records import (DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms,
+                                     records_folder, run_identity)
 from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
 from convmixer_suite.stream import EvalJob, StreamTimes, default_workers, evaluate_local, labelled_rows, relative_names
 from convmixer_suite.transform import EvalTransform, list_images
@@ -126,16 +126,18 @@ def main(argv=None):
                                                           for k in job.batches),
               unit="img", desc="stream eval", file=sys.stderr, dynamic_ncols=True) as bar:
         times, info = run_engine(args, job, store, bar) if job.batches else (StreamTimes(), {"engine": args.engine})
-    counter, skipped = accuracy_from_records(store.all_records(), TOPK)
+    records = store.all_records()
+    counter, skipped = accuracy_from_records(records, TOPK)
+    latencies_ms = batch_latencies_ms(records)  # every batch's, those of a resumed run's earlier part included
     for name, message in skipped:
         print(f"skipping bad image {name}: {message}", file=sys.stderr)
-    print("\n".join(msame_log.folder_average_lines(times.inference_ms)), flush=True)
+    print("\n".join(msame_log.folder_average_lines(latencies_ms)), flush=True)
     rates = times.rates()
     print("\n".join(stage_lines(rates, times.workers)), flush=True)
     topk = counter.accuracies()
     json_path = write_accuracy_json(json_path, counter.num_images, counter.num_classes, topk)
     summary = msame_log.build_summary(
-        times.inference_ms, batch_size=args.batch_size, backend_name=info.get("backend", backend_name),
+        latencies_ms, batch_size=args.batch_size, backend_name=info.get("backend", backend_name),
         backend_version=info.get("backend_version"), threads=args.threads,
         precision=info.get("precision", args.precision), model=args.model, input_path=str(root), device=args.device,
         num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],

@@ -7,7 +7,8 @@ Both engines (local and Ray) write the same records into ``<result-json-path>/<j
   image name with its label, in run order). A folder whose identity differs is refused, never mixed in.
 - ``part-NNNNNN.jsonl``: one JSON object per image, written a chunk at a time under a temporary name and
   renamed, so a kill -9 loses at most the chunk being gathered. An object holds ``batch``, ``row``,
-  ``image`` (the path relative to the image folder), ``label``, ``num_classes``, and either ``classes`` and
+  ``image`` (the path relative to the image folder), ``label``, ``num_classes``, ``latency_ms`` (the model
+  execution time of its batch), and either ``classes`` and
   ``scores`` (top-k, best first; for 1001-class outputs without the background class) or ``error`` (an
   image left out with ``--skip-bad``).
 
@@ -63,13 +64,14 @@ def run_identity(*, model, backend, precision, batch_size, topk, transform: dict
             "images": image_set_identity(names, labels)}
 
 
-def batch_records(k: int, batch_size: int, names, labels, classes, scores, num_classes: int, bad: dict) -> list:
+def batch_records(k: int, batch_size: int, names, labels, classes, scores, num_classes: int, bad: dict,
+                  latency_ms: float) -> list:
     """The records of batch ``k``: one per real image row (``bad``: row -> error message)."""
     first = k * batch_size
     records = []
     for row in range(len(classes)):
         record = {"batch": k, "row": row, "image": names[first + row], "label": int(labels[first + row]),
-                  "num_classes": int(num_classes)}
+                  "num_classes": int(num_classes), "latency_ms": float(latency_ms)}
         if row in bad:
             record["error"] = bad[row]
         else:
@@ -170,6 +172,11 @@ class RecordStore:
         """Every record, one per (batch, row), in run order."""
         return list({(r["batch"], r["row"]): r for r in sorted(self.records, key=lambda r: (r["batch"], r["row"]))}
                     .values())
+
+
+def batch_latencies_ms(records) -> list:
+    """The model execution time of every recorded batch, in batch order (for msame's averages over the run)."""
+    return list({r["batch"]: r["latency_ms"] for r in sorted(records, key=lambda r: r["batch"])}.values())
 
 
 def accuracy_from_records(records, topk: int) -> tuple:

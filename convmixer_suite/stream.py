@@ -36,6 +36,8 @@ class StreamTimes:
     inference_ms: list = field(default_factory=list)
     scoring_s: float = 0.0
     pipeline_s: float = 0.0
+    first_batch_s: float = 0.0  # until the first batch came back (start-up: workers, replicas, model loads)
+    first_batch_images: int = 0
     num_images: int = 0
     workers: int = 1
     replicas: dict = field(default_factory=dict)  # replica -> {"batches", "images", "inference_s"}
@@ -62,6 +64,10 @@ class StreamTimes:
                 "inference_images_per_s": per(inference_s),
                 "scoring_images_per_s": per(self.scoring_s),
                 "end_to_end_images_per_s": per(self.pipeline_s),
+                "first_batch_s": self.first_batch_s,
+                "after_first_batch_images_per_s": ((self.num_images - self.first_batch_images)
+                                                   / (self.pipeline_s - self.first_batch_s)
+                                                   if self.pipeline_s > self.first_batch_s else 0.0),
                 "inference_s": inference_s, "pipeline_s": self.pipeline_s,
                 "waiting_for_decode_s": self.wait_s,
                 "pipeline_overhead_ratio": self.pipeline_s / inference_s if inference_s > 0 else 0.0,
@@ -231,9 +237,11 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
                                        source=f"batch {r.k}")
             if store is not None:
                 store.add(batch_records(r.k, batch_size, names, image_labels, r.classes, r.scores, r.num_classes,
-                                        r.bad))
+                                        r.bad, r.latency_ms))
             times.scoring_s += time.perf_counter() - t1
             times.add_replica_batch(r.replica, len(rows), r.latency_ms)
+            if len(times.inference_ms) == 1:
+                times.first_batch_s, times.first_batch_images = time.perf_counter() - started, len(rows)
             if progress is not None:
                 progress.update(len(r.classes))
     finally:

@@ -13,10 +13,11 @@ import time
 import pytest
 
 from conftest import export_small_onnx, run_script
-from convmixer_suite.records import read_records, records_folder
-from convmixer_suite.ray_engine import FAULT_ENV
+from convmixer_suite.records import records_folder
+from convmixer_suite.cli import UserError
+from convmixer_suite.ray_engine import FAULT_ENV, plan_replicas
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
-from test_stream_resume import NUM_PHOTOS, kill_after_records, slow_run_inputs  # noqa: F401  (a fixture)
+from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, slow_run_inputs  # noqa: F401
 from test_stream_resume import BS as SLOW_BS
 from test_stream_resume import stream_args as slow_stream_args
 
@@ -82,8 +83,8 @@ def test_ray_gives_the_local_json_and_records_with_two_replicas_on_two_cpus(tmp_
     expected = (tmp_path / "local" / f"result_bs{BS}.json").read_text()
     assert '"Top1 accuracy", "value": "57.14%"' in expected
     assert (tmp_path / "ray" / f"result_bs{BS}.json").read_text() == expected
-    assert read_records(tmp_path / "ray" / f"result_bs{BS}.json") == \
-        read_records(tmp_path / "local" / f"result_bs{BS}.json")
+    assert image_results(tmp_path / "ray" / f"result_bs{BS}.json") == \
+        image_results(tmp_path / "local" / f"result_bs{BS}.json")
     assert distributed.stdout.count("Inference time:") == 3
     assert "2 replicas of 0.5 CPU each" in distributed.stdout
     log = tmp_path / "ray.log"
@@ -182,3 +183,35 @@ def test_a_replicas_user_error_is_one_line(tmp_path, small_model, photo_folder, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (f"convmixer_stream_eval.py: error: {fixed}: the model takes "
                                                       f"batches of 2, not --batch-size {BS}")
+
+
+# ---- replica planning (no cluster needed) -----------------------------------------------------------------
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 16])
+@pytest.mark.parametrize("replicas", [None, 1, 2, 3, 8])
+def test_replicas_always_leave_a_decode_task_room(cpus, replicas):
+    """Ray schedules by declared CPUs: whatever the replicas, one decode task must still fit beside them."""
+    plan = plan_replicas({"CPU": cpus}, 1, replicas, None, None)
+    assert plan.replicas == (replicas or 1) and 0 < plan.num_cpus <= 1
+    assert plan.replicas * plan.num_cpus + plan.decode_cpus <= cpus + 1e-9
+    assert plan.decode_slots(cpus) >= 1
+    assert plan.threads == (None if plan.replicas == 1 else max(1, cpus // plan.replicas))
+
+
+def test_a_replica_takes_one_gpu_or_npu_and_sees_it_as_device_0():
+    gpus = plan_replicas({"CPU": 16, "GPU": 4}, 2, None, "cuda:3", None)
+    assert (gpus.replicas, gpus.device, gpus.remote_args()["num_gpus"]) == (4, "cuda:0", 1)
+    assert plan_replicas({"CPU": 16, "GPU": 4}, 1, 2, "gpu.1", 4).device == "gpu.0"
+    npus = plan_replicas({"CPU": 8, "NPU": 8}, 1, None, "3", None)
+    assert (npus.replicas, npus.device, npus.remote_args()["resources"]) == (8, "0", {"NPU": 1})
+    assert "num_gpus" not in npus.remote_args() and npus.threads is None
+    with pytest.raises(UserError, match="has no GPU resource"):
+        plan_replicas({"CPU": 2}, 1, None, "cuda:0", None)
+    with pytest.raises(UserError, match="--replicas 3: the Ray cluster has 2 NPUs"):
+        plan_replicas({"CPU": 8, "NPU": 2}, 1, 3, "0", None)
+
+
+def test_one_cpu_replica_per_node_by_default():
+    plan = plan_replicas({"CPU": 8}, 4, None, None, None)
+    assert (plan.replicas, plan.threads, plan.decode_cpus) == (4, None, 1.0)
+    assert plan.num_cpus == 1.0

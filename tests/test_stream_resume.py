@@ -33,6 +33,11 @@ def slow_run_inputs(tmp_path_factory):
     return model, val, labels
 
 
+def image_results(result_json) -> list:
+    """A run's per-image records without the batch timings, which differ from run to run."""
+    return [{k: v for k, v in r.items() if k != "latency_ms"} for r in read_records(result_json)]
+
+
 def stream_args(model, images, labels, out, *extra):
     return ["convmixer_stream_eval.py", "--model", model, "--image-path", images, "--annotation-file-path", labels,
             "--result-json-path", out, "--json-file-name", f"result_bs{BS}.json", "--batch-size", BS,
@@ -80,11 +85,17 @@ def test_killed_local_run_resumes_with_fewer_batches_and_the_same_json(tmp_path,
     assert "resuming" in resumed.stderr
     assert 0 < resumed.stdout.count("Inference time:") < NUM_PHOTOS // BS
     assert (out / f"result_bs{BS}.json").read_text() == expected
-    assert read_records(out / f"result_bs{BS}.json") == read_records(tmp_path / "whole" / f"result_bs{BS}.json")
+    assert image_results(out / f"result_bs{BS}.json") == image_results(tmp_path / "whole" / f"result_bs{BS}.json")
 
     again = stream_eval(model, images, labels, out)  # everything recorded: nothing runs, same JSON
     assert again.returncode == 0 and again.stdout.count("Inference time:") == 0
     assert (out / f"result_bs{BS}.json").read_text() == expected
+    averages = [line for line in again.stdout.splitlines() if line.startswith("Inference average time")]
+    assert averages == [line for line in resumed.stdout.splitlines() if line.startswith("Inference average time")]
+    log = tmp_path / "again.log"  # the averages over every recorded batch: test/parse.py still reads an fps
+    log.write_text(again.stdout)
+    parsed = run_script("test/parse.py", "--result-file", log, "--batch-size", BS)
+    assert parsed.returncode == 0 and parsed.stdout.startswith(f"bs{BS} fps:")
 
 
 def rule_labels(images, path):
