@@ -22,12 +22,13 @@ CONFIGS = {"local": [], "ray x1": ["--engine", "ray", "--replicas", "1"],
            "ray x2": ["--engine", "ray", "--replicas", "2"]}
 
 
-def run_once(name, model, images, labels, out: Path, batch_size, backend, precision, calib) -> dict:
+def run_once(name, model, images, labels, out: Path, batch_size, backend, precision, calib, threads) -> dict:
     json_name = f"result_bs{batch_size}.json"
     cmd = [sys.executable, str(REPO / "convmixer_stream_eval.py"), "--model", str(model), "--image-path", str(images),
            "--annotation-file-path", str(labels), "--result-json-path", str(out), "--json-file-name", json_name,
            "--batch-size", str(batch_size), "--backend", backend, "--precision", precision, "--fresh",
-           *(["--calib", str(calib)] if calib else []), *CONFIGS[name]]
+           *(["--calib", str(calib)] if calib else []), *(["--threads", str(threads)] if threads else []),
+           *CONFIGS[name]]
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
     wall_s = time.perf_counter() - started
@@ -43,17 +44,17 @@ def run_once(name, model, images, labels, out: Path, batch_size, backend, precis
 
 
 def compare_engines(model, images, labels, work: Path, batch_size=1, backend="onnxruntime", precision="fp32",
-                    calib=None, rounds=2, log=print) -> dict:
+                    calib=None, threads=None, rounds=2, log=print) -> dict:
     """Run every configuration ``rounds`` times, alternating; returns the figures per configuration."""
     runs = {name: [] for name in CONFIGS}
     for round_index in range(rounds):
         for name in CONFIGS:
             log(f"==> engines check, round {round_index + 1}/{rounds}: {name}")
             runs[name].append(run_once(name, model, images, labels, work / name.replace(" ", "_"), batch_size,
-                                       backend, precision, calib))
+                                       backend, precision, calib, threads))
     jsons = {run["json"] for name in runs for run in runs[name]}
     report = {"configs": {}, "same_json": len(jsons) == 1, "rounds": rounds, "batch_size": batch_size,
-              "backend": backend, "precision": precision}
+              "backend": backend, "precision": precision, "threads": threads}
     for name, done in runs.items():
         n = done[0]["num_images"]
         mean = (lambda key: float(np.mean([r[key] for r in done])))
@@ -73,8 +74,8 @@ def compare_engines(model, images, labels, work: Path, batch_size=1, backend="on
 
 
 def markdown(report: dict, machine: str) -> str:
-    lines = [f"Engines check: {report['backend']} {report['precision']}, batch {report['batch_size']}, "
-             f"{report['rounds']} rounds alternated, on {machine}. Same accuracy JSON from every run: "
+    lines = [f"Engines check: {report['backend']} {report['precision']}, batch {report['batch_size']}, threads "
+             f"{report['threads'] or 'default'}, {report['rounds']} rounds alternated, on {machine}. Same accuracy JSON from every run: "
              f"{'yes' if report['same_json'] else 'NO'}.", "",
              "| engine | images | wall s | end-to-end images/s | x local time | until first batch s "
              "| images/s after it | x local (after it) | model s |",
