@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
-from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.records import (DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms,
-                                     records_folder, run_identity)
+from convmixer_suite.cli import positive_int, run_main
+from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
-from convmixer_suite.stream import EvalJob, StreamTimes, default_workers, evaluate_local, labelled_rows, relative_names
-from convmixer_suite.transform import EvalTransform, list_images
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, labelled_rows,
+                                    relative_names, resumable_job)
+from convmixer_suite.transform import list_images
 
 TOPK = 5
 
@@ -108,23 +108,18 @@ def main(argv=None):
     image_labels = labelled_rows(names, read_labels(args.annotation_file_path), args.annotation_file_path)
     json_path = Path(args.result_json_path) / args.json_file_name
     backend_name = resolve_backend(args.backend, args.model, args.precision)
-    transform = EvalTransform()
-    identity = run_identity(model=args.model, backend=backend_name, precision=args.precision,
-                            batch_size=args.batch_size, topk=TOPK, transform=transform.to_dict(), calib=args.calib,
-                            names=names, labels=image_labels)
-    store = RecordStore(records_folder(json_path), identity, fresh=args.fresh, flush_s=args.record_every)
     num_batches = -(-len(paths) // args.batch_size)
-    done = store.done_batches(args.batch_size, len(paths), args.skip_bad)
-    job = EvalJob(paths, names, image_labels, args.batch_size, [k for k in range(num_batches) if k not in done],
-                  backend_name, args.model, args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad)
+    job, store, resumed = resumable_job(
+        EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
+                args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad),
+        json_path, fresh=args.fresh, flush_s=args.record_every)
     print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"
           + (f" ({non_images} non-image files skipped)" if non_images else "")
-          + (f"; resuming: {len(done)} batches already recorded in {store.folder}" if done else ""),
+          + (f"; resuming: {resumed} batches already recorded in {store.folder}" if resumed else ""),
           file=sys.stderr, flush=True)
     started = time.perf_counter()
-    with tqdm(total=len(paths), initial=len(paths) - sum(min(args.batch_size, len(paths) - k * args.batch_size)
-                                                          for k in job.batches),
-              unit="img", desc="stream eval", file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(total=len(paths), initial=len(paths) - job.pending_images, unit="img", desc="stream eval",
+              file=sys.stderr, dynamic_ncols=True) as bar:
         times, info = run_engine(args, job, store, bar) if job.batches else (StreamTimes(), {"engine": args.engine})
     records = store.all_records()
     counter, skipped = accuracy_from_records(records, TOPK)
@@ -142,7 +137,7 @@ def main(argv=None):
         precision=info.get("precision", args.precision), model=args.model, input_path=str(root), device=args.device,
         num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],
         workers=times.workers, stages=rates, total_s=time.perf_counter() - started, run=info,
-        batches_run=len(job.batches), batches_resumed=len(done), records=str(store.folder))
+        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder))
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))

@@ -23,7 +23,7 @@ import numpy as np
 from convmixer_suite import msame_log
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
-from convmixer_suite.records import batch_records
+from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
 from convmixer_suite.scoring import TopKAccuracy, image_key, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
@@ -161,7 +161,7 @@ class EvalJob:
     names: list
     labels: list
     batch_size: int
-    batches: list
+    batches: list  # to run, in order
     backend: str  # resolved: backends.resolve_backend
     model: str
     threads: "int | None" = None
@@ -170,6 +170,10 @@ class EvalJob:
     calib: "str | None" = None
     topk: int = 5
     skip_bad: bool = False
+
+    @property
+    def pending_images(self) -> int:
+        return sum(min(self.batch_size, len(self.paths) - k * self.batch_size) for k in self.batches)
 
     def load_backend(self, **overrides):
         """Create and load this job's backend (a Ray replica overrides ``device`` and ``threads``); the model
@@ -180,6 +184,21 @@ class EvalJob:
             raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
                             f"not --batch-size {self.batch_size}")
         return backend
+
+
+def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
+    """(``job`` with only the batches not yet recorded, its RecordStore, the number of batches recorded before).
+
+    The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
+    """
+    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, batch_size=job.batch_size,
+                            topk=job.topk, transform=EvalTransform().to_dict(), calib=job.calib, names=job.names,
+                            labels=job.labels)
+    store = RecordStore(records_folder(json_path), identity, fresh=fresh,
+                        **({} if flush_s is None else {"flush_s": flush_s}))
+    done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)
+    job.batches = [k for k in job.batches if k not in done]
+    return job, store, len(done)
 
 
 @dataclass

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from conftest import REPO, export_small_onnx, run_script, seeded_model, write_photo
