@@ -103,8 +103,9 @@ class ReplicaPlan:
 
     def describe(self) -> str:
         where = ("1 GPU" if self.num_gpus else "1 NPU" if self.resources else f"{self.num_cpus:g} CPU")
+        threads = self.threads or ("the node's cores" if where.endswith("CPU") else "runtime default")
         return (f"{self.replicas} replica{'s' if self.replicas > 1 else ''} of {where} each "
-                f"(device {self.device or 'cpu'}, threads {self.threads or 'runtime default'}); "
+                f"(device {self.device or 'cpu'}, threads {threads}); "
                 f"decode tasks of {self.decode_cpus:g} CPU")
 
 
@@ -171,6 +172,10 @@ class Replica:
 
     def __init__(self, job: EvalJob, device, threads):
         import ray
+        if threads is None and parse_device(device)[0] == "cpu":
+            # Ray sets OMP_NUM_THREADS to the CPUs an actor declares (a fraction rounds to 1), which ONNX Runtime
+            # takes as its default: a CPU replica that is alone on its node uses the node's cores instead.
+            threads = os.cpu_count()
         self.backend = job.load_backend(device=device, threads=threads)
         self.batch_size, self.topk = job.batch_size, job.topk
         self.name = f"pid {os.getpid()} on {ray.util.get_node_ip_address()}"
