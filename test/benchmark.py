@@ -144,12 +144,8 @@ def seeded_checkpoint(spec: ArchSpec, seed: int, work: Path) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    from convmixer_suite.records import file_sha256
+    return file_sha256(path)[:12]
 
 
 def cached_onnx(checkpoint: Path, work: Path) -> Path:
