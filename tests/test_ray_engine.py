@@ -21,8 +21,6 @@ from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, sl
 from test_stream_resume import BS as SLOW_BS
 from test_stream_resume import stream_args as slow_stream_args
 
-pytest.importorskip("ray")
-
 # Token authentication keys on ~/.ray/auth_token, which any other Ray on this machine may rewrite; this head
 # listens on 127.0.0.1 only.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled"}
@@ -37,6 +35,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def ray_address():
     """A Ray head with 2 CPUs on free ports, in a process group of its own that teardown ends."""
+    pytest.importorskip("ray")
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths live under it
     port = free_port()
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--num-cpus=2",
