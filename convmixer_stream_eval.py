@@ -10,6 +10,11 @@ processes decode the next ones. stdout carries msame's log lines (``Inference ti
 averages, which close the log as msame's do), so ``test/parse.py --result-file <this log>`` and the guide's own
 parse.py give the fps; the images/s of each stage are printed before the averages and written to
 ``<json name>_stream_summary.json`` beside the accuracy JSON.
+
+Every image's top-k is recorded as it completes in ``<json name>_records/`` (convmixer_suite.records): the same
+command after an interruption (even kill -9) runs only the batches not recorded yet and ends with the same JSON;
+``--fresh`` starts over. ``--engine ray`` runs the same evaluation on Ray Data (convmixer_suite.ray_engine):
+model replicas on this machine's cores, its GPUs or NPUs, or a cluster's.
 """
 import argparse
 import sys
@@ -19,11 +24,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite import msame_log
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, create_backend
-from convmixer_suite.cli import UserError, positive_int, run_main
+from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
+from convmixer_suite.cli import positive_int, run_main
+from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
-from convmixer_suite.stream import BatchStream, default_workers, labelled_rows, relative_names, run_stream
-from convmixer_suite.transform import EvalTransform, list_images
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, labelled_rows,
+                                    relative_names, resumable_job)
+from convmixer_suite.transform import list_images
+
+TOPK = 5
 
 
 def parse_args(argv):
@@ -39,21 +48,57 @@ def parse_args(argv):
     p.add_argument("--result-json-path", required=True, help="folder for the accuracy JSON")
     p.add_argument("--json-file-name", required=True, help="accuracy JSON file name, e.g. result_bs1.json")
     p.add_argument("--batch-size", type=positive_int, default=1)
-    p.add_argument("--workers", type=positive_int, default=default_workers(),
-                   help="decode worker processes (default: all cores, %(default)s here)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help=f"local engine: decode worker processes (default: all cores, {default_workers()} here)")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be decoded instead of stopping (as convmixer_preprocess.py)")
-    return p.parse_args(argv)
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the per-image records of an earlier run of this JSON name instead of resuming it")
+    p.add_argument("--record-every", type=float, default=DEFAULT_FLUSH_S, metavar="SECONDS",
+                   help="write the per-image records gathered so far at most this often (default %(default)s; "
+                        "0: after every batch)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: decode workers and the model in this process (default); ray: Ray Data, with "
+                        "model replicas on this machine or a cluster (pip install -r requirements-dist.txt)")
+    p.add_argument("--ray-address", default=None,
+                   help="ray engine: auto or HOST:PORT joins a running Ray cluster (default: start Ray here)")
+    p.add_argument("--replicas", type=positive_int, default=None,
+                   help="ray engine: model replicas (default: one per GPU/NPU Ray sees for --device cuda:N/NPU id, "
+                        "else one per node, using its cores)")
+    args = p.parse_args(argv)
+    if args.engine != "ray":
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--replicas", args.replicas))
+                 if value is not None]
+        if given:
+            p.error(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --engine ray")
+    elif args.workers is not None:
+        p.error("--workers sets the local engine's decode processes; with --engine ray, Ray runs decode tasks "
+                "on the CPUs it has")
+    return args
 
 
 def stage_lines(rates: dict, workers: int) -> list:
+    """The stage lines. None of them holds the letters "ms": test/parse.py reads a log's last "…ms" (FORMATS.md)."""
     return [f"[INFO] decode+transform: {rates['decode_transform_images_per_s_per_worker']:.1f} images/s per worker, "
             f"{rates['decode_transform_images_per_s']:.1f} images/s with {workers} workers",
             f"[INFO] inference: {rates['inference_images_per_s']:.2f} images/s (model execution only)",
             f"[INFO] scoring: {rates['scoring_images_per_s']:.0f} images/s",
             f"[INFO] end to end: {rates['end_to_end_images_per_s']:.2f} images/s; pipeline {rates['pipeline_s']:.2f} s "
             f"vs inference {rates['inference_s']:.2f} s: overhead x{rates['pipeline_overhead_ratio']:.3f} "
-            f"({rates['waiting_for_decode_s']:.2f} s waiting for decoded batches)"]
+            f"({rates['waiting_for_decode_s']:.2f} s waiting for decoded batches)"] + [
+            f"[INFO] replica {i}: {r['images']} images in {r['batches']} batches, {r['inference_images_per_s']:.2f} "
+            f"images/s model execution, {r['end_to_end_images_per_s']:.2f} images/s end to end ({name})"
+            for i, (name, r) in enumerate(sorted(rates["replicas"].items()), 1)]
+
+
+def run_engine(args, job: EvalJob, store: RecordStore, bar) -> tuple:
+    """Run the chosen engine on the job's batches; returns (StreamTimes, run info)."""
+    announce = (lambda line: print(f"[INFO] {line}", flush=True))
+    log = (lambda line: print(line, flush=True))
+    if args.engine == "ray":
+        from convmixer_suite import ray_engine
+        return ray_engine.evaluate(job, store, args.ray_address, args.replicas, announce, log, bar)
+    return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar)
 
 
 def main(argv=None):
@@ -62,37 +107,42 @@ def main(argv=None):
     paths, non_images = list_images(root)
     names = relative_names(paths, root)
     image_labels = labelled_rows(names, read_labels(args.annotation_file_path), args.annotation_file_path)
+    json_path = Path(args.result_json_path) / args.json_file_name
+    backend_name = resolve_backend(args.backend, args.model, args.precision)
+    num_batches = -(-len(paths) // args.batch_size)
+    job, store, resumed = resumable_job(
+        EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
+                args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad),
+        json_path, fresh=args.fresh, flush_s=args.record_every)
+    print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"
+          + (f" ({non_images} non-image files skipped)" if non_images else "")
+          + (f"; resuming: {resumed} batches already recorded in {store.folder}" if resumed else ""),
+          file=sys.stderr, flush=True)
     started = time.perf_counter()
-    with BatchStream(paths, args.batch_size, EvalTransform(), args.workers, args.skip_bad) as stream:
-        backend = create_backend(args.backend, args.model, threads=args.threads, precision=args.precision,
-                                 device=args.device, calib_dir=args.calib)
-        if backend.batch_size not in (None, args.batch_size):
-            raise UserError(f"{args.model}: the model takes batches of {backend.batch_size}, "
-                            f"not --batch-size {args.batch_size}")
-        print(f"[INFO] backend {backend.describe()}; streaming {len(paths)} images from {root} in "
-              f"{stream.num_batches} batches of {args.batch_size}, {stream.workers} decode workers"
-              + (f" ({non_images} non-image files skipped)" if non_images else ""), flush=True)
-        with tqdm(total=len(paths), unit="img", desc="stream eval", file=sys.stderr, dynamic_ncols=True) as bar:
-            counter, times, skipped = run_stream(stream, backend, names, image_labels,
-                                                 log=lambda line: print(line, flush=True), progress=bar)
+    with tqdm(total=len(paths), initial=len(paths) - job.pending_images, unit="img", desc="stream eval",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        times, info = run_engine(args, job, store, bar) if job.batches else (StreamTimes(), {"engine": args.engine})
+    records = store.all_records()
+    counter, skipped = accuracy_from_records(records, TOPK)
+    latencies_ms = batch_latencies_ms(records)  # every batch's, those of a resumed run's earlier part included
     for name, message in skipped:
         print(f"skipping bad image {name}: {message}", file=sys.stderr)
     rates = times.rates()
-    print("\n".join(stage_lines(rates, stream.workers)), flush=True)
+    print("\n".join(stage_lines(rates, times.workers)), flush=True)
     topk = counter.accuracies()
-    json_path = write_accuracy_json(Path(args.result_json_path) / args.json_file_name, counter.num_images,
-                                    counter.num_classes, topk)
+    json_path = write_accuracy_json(json_path, counter.num_images, counter.num_classes, topk)
     summary = msame_log.build_summary(
-        times.inference_ms, batch_size=args.batch_size, backend_name=backend.name,
-        backend_version=backend.version, threads=args.threads, precision=backend.precision, model=args.model,
-        input_path=str(root), device=args.device, num_images=counter.num_images,
-        skipped_images=[{"name": n, "error": m} for n, m in skipped], workers=stream.workers,
-        stages=rates, total_s=time.perf_counter() - started)
+        latencies_ms, batch_size=args.batch_size, backend_name=info.get("backend", backend_name),
+        backend_version=info.get("backend_version"), threads=args.threads,
+        precision=info.get("precision", args.precision), model=args.model, input_path=str(root), device=args.device,
+        num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],
+        workers=times.workers, stages=rates, total_s=time.perf_counter() - started, run=info,
+        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder))
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))
     # msame's averages close the log, as msame's do: the guide's parse.py reads garbage if a later line has "ms"
-    print("\n".join(msame_log.folder_average_lines(times.inference_ms)), flush=True)
+    print("\n".join(msame_log.folder_average_lines(latencies_ms)), flush=True)
     return 0
 
 

@@ -178,6 +178,17 @@ def label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return higher.sum(axis=1)
 
 
+def top_k(logits: np.ndarray, k: int = 5, source="outputs") -> tuple:
+    """(classes [N,k] int64, scores [N,k] float32) of each row, best first, ties to the lower class (the order
+    ``label_ranks`` counts in); 1001-class outputs drop class 0 (background) first, as scoring does."""
+    if logits.shape[1] == BACKGROUND_CLASSES:
+        logits = logits[:, 1:]
+    if k > logits.shape[1]:
+        raise UserError(f"{source}: {logits.shape[1]}-class outputs cannot score top-{k}")
+    classes = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return classes.astype(np.int64), np.take_along_axis(logits, classes, axis=1).astype(np.float32)
+
+
 class TopKAccuracy:
     """Counts top-1 … top-k hits over batches of logits; 1001-class outputs drop class 0 (background)."""
 
@@ -188,22 +199,37 @@ class TopKAccuracy:
         self.num_classes = None
         self._first_source = None
 
+    def _check(self, num_classes: int, labels: np.ndarray, source) -> None:
+        if self.num_classes is None:
+            self.num_classes, self._first_source = num_classes, source
+        elif num_classes != self.num_classes:
+            raise UserError(f"{source}: wrong length, {num_classes} values per row where "
+                            f"{self._first_source} has {self.num_classes}")
+        scored = num_classes - 1 if num_classes == BACKGROUND_CLASSES else num_classes
+        if self.k > scored or (labels >= scored).any():
+            raise UserError(f"{source}: {scored}-class outputs cannot score top-{self.k} "
+                            f"with labels up to {labels.max()}")
+
     def update(self, logits: np.ndarray, labels, source="outputs") -> None:
         labels = np.asarray(labels, dtype=np.int64)
         if not len(labels):
             return
-        if self.num_classes is None:
-            self.num_classes, self._first_source = logits.shape[1], source
-        elif logits.shape[1] != self.num_classes:
-            raise UserError(f"{source}: wrong length, {logits.shape[1]} values per row where "
-                            f"{self._first_source} has {self.num_classes}")
+        self._check(logits.shape[1], labels, source)
         if self.num_classes == BACKGROUND_CLASSES:
             logits = logits[:, 1:]
-        if self.k > logits.shape[1] or (labels >= logits.shape[1]).any():
-            raise UserError(f"{source}: {logits.shape[1]}-class outputs cannot score top-{self.k} "
-                            f"with labels up to {labels.max()}")
         ranks = label_ranks(logits, labels)
         self.hits += (ranks[:, None] < np.arange(1, self.k + 1)[None, :]).sum(axis=0)
+        self.num_images += len(labels)
+
+    def update_top_classes(self, classes, labels, num_classes: int, source="outputs") -> None:
+        """Count hits from each image's ``top_k`` classes (best first) instead of its logits: the same
+        counts, as a label of rank r is among the first i classes exactly when r < i."""
+        labels = np.asarray(labels, dtype=np.int64)
+        if not len(labels):
+            return
+        self._check(num_classes, labels, source)
+        classes = np.asarray(classes, dtype=np.int64)[:, :self.k]
+        self.hits += np.cumsum(classes == labels[:, None], axis=1).sum(axis=0)
         self.num_images += len(labels)
 
     def accuracies(self) -> list:

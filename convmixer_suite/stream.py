@@ -5,6 +5,10 @@ convmixer_preprocess.py runs) while the main process runs the model on the batch
 ``prefetch`` decoded batches wait at any time, so memory stays bounded whatever the number of images.
 Batches are cut, padded and scored as the file-based flow cuts, pads and scores them (sorted images,
 ``batch_size`` per batch, zero rows for padding and for bad images left out with ``skip_bad``).
+
+Each engine (this module's local one, convmixer_suite.ray_engine) yields a ``BatchResult`` per batch as it
+completes; ``record_results`` logs it the msame way, records its images (convmixer_suite.records) and times
+the stages, the same for both.
 """
 import os
 import sys
@@ -17,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite import msame_log
+from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
-from convmixer_suite.scoring import TopKAccuracy, image_key
+from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
+from convmixer_suite.scoring import TopKAccuracy, image_key, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
 
@@ -30,8 +36,23 @@ class StreamTimes:
     inference_ms: list = field(default_factory=list)
     scoring_s: float = 0.0
     pipeline_s: float = 0.0
+    first_batch_s: float = 0.0  # until the first batch came back (start-up: workers, replicas, model loads)
+    first_batch_images: int = 0
     num_images: int = 0
     workers: int = 1
+    replicas: dict = field(default_factory=dict)  # replica -> {"batches", "images", "inference_s"}
+
+    def add_replica_batch(self, replica: str, images: int, latency_ms: float) -> None:
+        totals = self.replicas.setdefault(replica, {"batches": 0, "images": 0, "inference_s": 0.0})
+        totals["batches"] += 1
+        totals["images"] += images
+        totals["inference_s"] += latency_ms / 1000.0
+
+    def replica_rates(self) -> dict:
+        """Per replica: its batches and images, and its images/s over its model time and over the run."""
+        return {name: {**t, "inference_images_per_s": t["images"] / t["inference_s"] if t["inference_s"] else 0.0,
+                       "end_to_end_images_per_s": t["images"] / self.pipeline_s if self.pipeline_s else 0.0}
+                for name, t in self.replicas.items()}
 
     def rates(self) -> dict:
         """Images/s of each stage, end to end, and the pipeline overhead (end-to-end time over the sum of
@@ -43,9 +64,14 @@ class StreamTimes:
                 "inference_images_per_s": per(inference_s),
                 "scoring_images_per_s": per(self.scoring_s),
                 "end_to_end_images_per_s": per(self.pipeline_s),
+                "first_batch_s": self.first_batch_s,
+                "after_first_batch_images_per_s": ((self.num_images - self.first_batch_images)
+                                                   / (self.pipeline_s - self.first_batch_s)
+                                                   if self.pipeline_s > self.first_batch_s else 0.0),
                 "inference_s": inference_s, "pipeline_s": self.pipeline_s,
                 "waiting_for_decode_s": self.wait_s,
-                "pipeline_overhead_ratio": self.pipeline_s / inference_s if inference_s > 0 else 0.0}
+                "pipeline_overhead_ratio": self.pipeline_s / inference_s if inference_s > 0 else 0.0,
+                "replicas": self.replica_rates()}
 
 
 # Set in each worker by init_worker (fork or spawn alike).
@@ -75,16 +101,17 @@ class BatchStream:
     """
 
     def __init__(self, paths, batch_size, transform: EvalTransform, workers, skip_bad=False, prefetch=None,
-                 start_method=None):
+                 start_method=None, batches=None):
         self.paths = [str(p) for p in paths]
         self.batch_size = batch_size
         self.num_batches = -(-len(self.paths) // batch_size)
-        self.workers = max(1, min(workers, self.num_batches))
+        self.batches = list(range(self.num_batches) if batches is None else batches)  # the ones to run
+        self.workers = max(1, min(workers, len(self.batches)))
         self.prefetch = prefetch or 2 * self.workers
         self.initargs = (self.paths, batch_size, transform.to_dict(), skip_bad)
         self.start_method = start_method or ("fork" if sys.platform.startswith("linux") else "spawn")
         self.pending = deque()
-        self.next_k = 0
+        self.next_i = 0
 
     def __enter__(self):
         self.pool = get_context(self.start_method).Pool(self.workers, init_worker, self.initargs)
@@ -96,9 +123,9 @@ class BatchStream:
         self.pool.join()
 
     def _fill(self):
-        while len(self.pending) < self.prefetch and self.next_k < self.num_batches:
-            self.pending.append(self.pool.apply_async(decode_batch, (self.next_k,)))
-            self.next_k += 1
+        while len(self.pending) < self.prefetch and self.next_i < len(self.batches):
+            self.pending.append(self.pool.apply_async(decode_batch, (self.batches[self.next_i],)))
+            self.next_i += 1
 
     def wait_first(self):
         """Block until the first batch is decoded (a benchmark's way to leave worker start-up out)."""
@@ -107,7 +134,7 @@ class BatchStream:
 
     def __iter__(self):
         """Yield (k, batch, bad rows, worker seconds, seconds waited for it)."""
-        for k in range(self.num_batches):
+        for k in self.batches:
             started = time.perf_counter()
             batch, bad, decode_s = self.pending.popleft().get()
             waited = time.perf_counter() - started
@@ -126,36 +153,143 @@ def labelled_rows(names, labels: dict, labels_path) -> list:
     return [labels[key] for key in keys]
 
 
-def run_stream(stream: BatchStream, backend, names, image_labels, topk=5, log=print, progress=None):
-    """Infer and score every batch of ``stream``; returns (TopKAccuracy, StreamTimes, skipped names).
+@dataclass
+class EvalJob:
+    """What either engine evaluates: every image of the run in order with its label, the batches still to
+    run (the others are recorded), and the runtime each model replica loads."""
+    paths: list
+    names: list
+    labels: list
+    batch_size: int
+    batches: list  # to run, in order
+    backend: str  # resolved: backends.resolve_backend
+    model: str
+    threads: "int | None" = None
+    precision: str = "fp32"
+    device: "str | None" = None
+    calib: "str | None" = None
+    topk: int = 5
+    skip_bad: bool = False
 
-    Prints msame's ``Inference time: …ms`` line per batch through ``log``; timing covers the model
-    execution only, as msame's does.
+    @property
+    def pending_images(self) -> int:
+        return sum(min(self.batch_size, len(self.paths) - k * self.batch_size) for k in self.batches)
+
+    def load_backend(self, **overrides):
+        """Create and load this job's backend (a Ray replica overrides ``device`` and ``threads``); the model
+        must take this job's batch size."""
+        runtime = {"threads": self.threads, "device": self.device, **overrides}
+        backend = create_backend(self.backend, self.model, precision=self.precision, calib_dir=self.calib, **runtime)
+        if backend.batch_size not in (None, self.batch_size):
+            raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
+                            f"not --batch-size {self.batch_size}")
+        return backend
+
+
+def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
+    """(``job`` with only the batches not yet recorded, its RecordStore, the number of batches recorded before).
+
+    The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
     """
-    counter = TopKAccuracy(topk)
-    times = StreamTimes(workers=stream.workers)
-    skipped = []
+    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, batch_size=job.batch_size,
+                            topk=job.topk, transform=EvalTransform().to_dict(), calib=job.calib, names=job.names,
+                            labels=job.labels)
+    store = RecordStore(records_folder(json_path), identity, fresh=fresh,
+                        **({} if flush_s is None else {"flush_s": flush_s}))
+    done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)
+    job.batches = [k for k in job.batches if k not in done]
+    return job, store, len(done)
+
+
+@dataclass
+class BatchResult:
+    """One inferred batch: top-k of its real rows (bad rows included, not scored), how long it took, where."""
+    k: int
+    classes: np.ndarray
+    scores: np.ndarray
+    num_classes: int
+    latency_ms: float
+    bad: dict = field(default_factory=dict)  # row -> error message
+    decode_s: float = 0.0
+    waited_s: float = 0.0
+    replica: str = "local"
+
+
+def local_results(stream: BatchStream, backend, num_images: int, topk=5):
+    """This process's engine: a BatchResult per batch of ``stream``, timing the model execution only."""
     bs = stream.batch_size
-    started = time.perf_counter()
     for k, batch, bad, decode_s, waited in stream:
-        times.decode_s += decode_s
-        times.wait_s += waited
         t0 = time.perf_counter()
         logits = backend.predict(batch)
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        times.inference_ms.append(latency_ms)
-        log(msame_log.time_line(latency_ms))
-        t1 = time.perf_counter()
-        bad_rows = {row for row, _, _ in bad}
-        skipped += [(names[k * bs + row], message) for row, _, message in bad]
-        rows = [r for r in range(min(bs, len(names) - k * bs)) if r not in bad_rows]
-        counter.update(logits[rows], [image_labels[k * bs + r] for r in rows], source=f"batch {k}")
-        times.scoring_s += time.perf_counter() - t1
-        if progress is not None:
-            progress.update(len(rows) + len(bad_rows))
+        classes, scores = top_k(logits[:min(bs, num_images - k * bs)], topk, source=f"batch {k}")
+        yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
+                          decode_s, waited)
+
+
+def record_results(results, store, names, image_labels, batch_size, topk=5, skip_bad=True, log=print,
+                   progress=None, workers=1):
+    """Log, check and record each BatchResult as it comes; returns (TopKAccuracy of this run's batches,
+    StreamTimes, [(image, error)] left out).
+
+    Prints msame's ``Inference time: …ms`` line per batch through ``log``. A bad image without ``skip_bad``
+    stops the run with a UserError naming it. ``store`` (a RecordStore, or None) gets every image's record
+    and is flushed however the loop ends, so a rerun resumes after the last completed batch.
+    """
+    counter = TopKAccuracy(topk)
+    times = StreamTimes(workers=workers)
+    skipped = []
+    started = time.perf_counter()
+    try:
+        for r in results:
+            times.decode_s += r.decode_s
+            times.wait_s += r.waited_s
+            times.inference_ms.append(r.latency_ms)
+            log(msame_log.time_line(r.latency_ms))
+            if r.bad and not skip_bad:
+                raise UserError(r.bad[min(r.bad)])
+            t1 = time.perf_counter()
+            first = r.k * batch_size
+            skipped += [(names[first + row], message) for row, message in sorted(r.bad.items())]
+            rows = [row for row in range(len(r.classes)) if row not in r.bad]
+            counter.update_top_classes(r.classes[rows], [image_labels[first + row] for row in rows], r.num_classes,
+                                       source=f"batch {r.k}")
+            if store is not None:
+                store.add(batch_records(r.k, batch_size, names, image_labels, r.classes, r.scores, r.num_classes,
+                                        r.bad, r.latency_ms))
+            times.scoring_s += time.perf_counter() - t1
+            times.add_replica_batch(r.replica, len(rows), r.latency_ms)
+            if len(times.inference_ms) == 1:
+                times.first_batch_s, times.first_batch_images = time.perf_counter() - started, len(rows)
+            if progress is not None:
+                progress.update(len(r.classes))
+    finally:
+        if store is not None:
+            store.flush()
     times.pipeline_s = time.perf_counter() - started
     times.num_images = counter.num_images
     return counter, times, skipped
+
+
+def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None):
+    """The local engine: decode worker processes and one model in this process. Returns (StreamTimes,
+    run info for the summary)."""
+    with BatchStream(job.paths, job.batch_size, EvalTransform(), workers, job.skip_bad, batches=job.batches) as stream:
+        backend = job.load_backend()
+        announce(f"backend {backend.describe()}; {len(job.batches)} batches of {job.batch_size} in this process, "
+                 f"{stream.workers} decode workers")
+        _, times, _ = record_results(local_results(stream, backend, len(job.names), job.topk), store, job.names,
+                                     job.labels, job.batch_size, job.topk, job.skip_bad, log, progress,
+                                     stream.workers)
+    return times, {"engine": "local", "backend": backend.name, "backend_version": backend.version,
+                   "precision": backend.precision, "workers": stream.workers}
+
+
+def run_stream(stream: BatchStream, backend, names, image_labels, topk=5, log=print, progress=None):
+    """Infer and score every batch of ``stream`` in this process, recording nothing; returns
+    (TopKAccuracy, StreamTimes, skipped names)."""
+    return record_results(local_results(stream, backend, len(names), topk), None, names, image_labels,
+                          stream.batch_size, topk, log=log, progress=progress, workers=stream.workers)
 
 
 def default_workers() -> int:

@@ -7,6 +7,7 @@ the crop offset is ``int(round((size - crop) / 2))`` (Python's round, half to ev
 (x - mean) / std, all in float32. Images are opened as torchvision's ``pil_loader`` opens them:
 ``Image.open(...).convert("RGB")``, whatever the mode (L, LA, RGBA, P, CMYK, I;16, ...).
 """
+import io
 import os
 import re
 from pathlib import Path
@@ -75,14 +76,15 @@ class EvalTransform:
         return cls(DataConfig.from_dict(d))
 
 
-def load_rgb(path) -> Image.Image:
+def load_rgb(path, data: bytes = None) -> Image.Image:
     """Decode an image file fully and convert it to RGB as ``Image.convert("RGB")`` does.
 
-    The format is read from the data, not the name (PNG data behind a .JPEG name is fine).
+    The format is read from the data, not the name (PNG data behind a .JPEG name is fine). ``data``: the
+    file's bytes, already read (by Ray Data, say); ``path`` then only names it.
     A file that cannot be decoded (truncated, not an image) raises UserError naming it.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             img.load()
             return img.convert("RGB")
     except DECODE_ERRORS as exc:

@@ -78,12 +78,20 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", default="bench_results", help="output folder (default ./bench_results)")
     p.add_argument("--quick", action="store_true", help="small arch and few iterations: a functional check")
+    p.add_argument("--engines-check", action="store_true",
+                   help="only this: convmixer_stream_eval.py local vs --engine ray with 1 and 2 replicas, alternated, "
+                        "on --engines-images generated pictures (needs requirements-dist.txt)")
+    p.add_argument("--engines-images", type=int, default=None, help="pictures of the engines check (default 32; "
+                                                                    "6 with --quick)")
+    p.add_argument("--engines-rounds", type=int, default=2, help="rounds of the engines check (default 2)")
+    p.add_argument("--engines-config", default="onnxruntime-fp32",
+                   help=f"configuration of the engines check (default onnxruntime-fp32; from: {', '.join(CONFIGS)})")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(arch=QUICK_ARCH if quick else DEFAULT_ARCH, batch_sizes="1,2" if quick else "1,4,16",
                     iters=2 if quick else 10, warmup=1 if quick else 2, num_images=4 if quick else 16,
                     num_calib=8 if quick else 300, stream_images=4 if quick else 32,
-                    prep_images=16 if quick else 200)
+                    prep_images=16 if quick else 200, engines_images=6 if quick else 32)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -136,12 +144,8 @@ def seeded_checkpoint(spec: ArchSpec, seed: int, work: Path) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    from convmixer_suite.records import file_sha256
+    return file_sha256(path)[:12]
 
 
 def cached_onnx(checkpoint: Path, work: Path) -> Path:
@@ -435,6 +439,38 @@ def write_plot(report, path: Path):
     return path
 
 
+# ---- the engines check (issue 9): local streaming vs Ray Data ---------------------------------------------
+
+def run_engines_check(args, checkpoint: Path, onnx_path: Path, work: Path, out: Path) -> int:
+    """convmixer_suite.engines_check on generated pictures with rule-based labels; writes engines_check.json/.md."""
+    from convmixer_suite import engines_check
+    if args.engines_config not in CONFIGS:
+        raise UserError(f"--engines-config {args.engines_config!r}: choose from {', '.join(CONFIGS)}")
+    backend, precision = CONFIGS[args.engines_config]
+    images = generated_pictures(work / f"engines_pictures_{args.engines_images}" / "val", args.engines_images)
+    labels = images.parent / "val_label.txt"
+    write_text_atomic(labels, "".join(f"{p.name} {i % 1000}\n" for i, p in enumerate(sorted(images.iterdir()))))
+    calib = None
+    if precision == "int8":
+        calib = work / f"calib_{args.num_calib}"
+        preprocess(generated_pictures(work / f"calib_pictures_{args.num_calib}", args.num_calib, CALIB_SEED_OFFSET),
+                   calib, os.cpu_count() or 1)
+    load = os.getloadavg()
+    report = engines_check.compare_engines(checkpoint if backend == "torch" else onnx_path, images, labels,
+                                           work / "engines_runs", backend=backend, precision=precision, calib=calib,
+                                           threads=args.threads, rounds=args.engines_rounds, log=lambda line: print(line, flush=True))
+    report.update(machine=machine_info(), arch=arch_spec(args.arch).name, load_average_before=load,
+                  load_average_after=os.getloadavg())
+    m = report["machine"]
+    table = engines_check.markdown(report, f"{m['cpu']}, {m['logical_cpus']} logical CPUs ({report['arch']}; "
+                                           f"load average {load[0]:.2f} before, {report['load_average_after'][0]:.2f} after)")
+    write_text_atomic(out / "engines_check.json", json.dumps(report, indent=1) + "\n")
+    write_text_atomic(out / "engines_check.md", table)
+    print(table)
+    print(f"wrote {out / 'engines_check.json'} and {out / 'engines_check.md'}")
+    return 0 if report["same_json"] else 1
+
+
 # ---- main ------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -446,6 +482,8 @@ def main(argv=None):
     spec = arch_spec(args.arch)
     checkpoint = Path(args.checkpoint) if args.checkpoint else seeded_checkpoint(spec, args.seed, work)
     onnx_path = cached_onnx(checkpoint, work)
+    if args.engines_check:
+        return run_engines_check(args, checkpoint, onnx_path, work, out)
     n_pictures = max(args.num_images, args.stream_images)
     pictures_dir = generated_pictures(work / "pictures", n_pictures)
     prep_dir = generated_pictures(work / f"prep_pictures_{args.prep_images}", args.prep_images)

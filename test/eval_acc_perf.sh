@@ -10,7 +10,10 @@
 #   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
 #   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
 #   --stream (false; true: one streaming pass with convmixer_stream_eval.py instead of steps 1-3)
-#   --fresh (false; true: delete this batch size's earlier outputs first instead of resuming them)
+#   --engine (local; ray: the streaming pass on Ray Data, pip install -r requirements-dist.txt)
+#   --ray_address (ray engine; default: start Ray here; auto or HOST:PORT joins a cluster)
+#   --replicas (ray engine; default: one per GPU/NPU for --device, else one per node)
+#   --fresh (false; true: delete this batch size's earlier outputs (streaming: its records) instead of resuming)
 # Writes ./prep_image_bs${bs}/, ./result/outputs_bs${bs}_om/ (msame's layout; our run records in
 # ./result/outputs_bs${bs}_om.runs/), ./msame_bs${bs}.txt, ./result/result_bs${bs}.json.
 set -euo pipefail
@@ -27,6 +30,9 @@ calib=""
 threads=""
 device=""
 stream=false
+engine=local
+ray_address=""
+replicas=""
 fresh=false
 
 die() {
@@ -51,6 +57,9 @@ parse_args() {
             --threads=*) threads="${arg#*=}" ;;
             --device=*) device="${arg#*=}" ;;
             --stream=*) stream="${arg#*=}" ;;
+            --engine=*) engine="${arg#*=}" ;;
+            --ray_address=*) ray_address="${arg#*=}" ;;
+            --replicas=*) replicas="${arg#*=}" ;;
             --fresh=*) fresh="${arg#*=}" ;;
             -h|--help) usage; exit 0 ;;
             *) die "unknown argument '$arg' (see --help)" ;;
@@ -59,6 +68,10 @@ parse_args() {
     [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
     [[ "$stream" == true || "$stream" == false ]] || die "--stream=$stream: must be true or false"
     [[ "$fresh" == true || "$fresh" == false ]] || die "--fresh=$fresh: must be true or false"
+    [[ "$engine" == local || "$engine" == ray ]] || die "--engine=$engine: must be local or ray"
+    if [[ "$stream" != true && ( "$engine" != local || -n "$ray_address" || -n "$replicas" ) ]]; then
+        die "--engine, --ray_address and --replicas apply to --stream=true"
+    fi
 }
 
 default_model() {
@@ -127,8 +140,12 @@ fi
 if [[ "$stream" == true ]]; then
     stream_script="$REPO_DIR/convmixer_stream_eval.py"
     [[ -f "$stream_script" ]] || die "--stream=true needs $stream_script, which this checkout does not have"
-    echo "==> 1. streaming evaluation of $image_dir (preprocess, inference, scoring in one pass), log $log_file"
-    run_step "1. streaming evaluation" "$log_file" python3 "$stream_script" "${runtime_args[@]}" \
+    stream_args=(--engine "$engine")
+    [[ -n "$ray_address" ]] && stream_args+=(--ray-address "$ray_address")
+    [[ -n "$replicas" ]] && stream_args+=(--replicas "$replicas")
+    [[ "$fresh" == true ]] && stream_args+=(--fresh)
+    echo "==> 1. streaming evaluation of $image_dir (preprocess, inference, scoring in one pass, $engine engine), log $log_file"
+    run_step "1. streaming evaluation" "$log_file" python3 "$stream_script" "${runtime_args[@]}" "${stream_args[@]}" \
         --image-path "$image_dir" --annotation-file-path "$label_file" --result-json-path ./result \
         --json-file-name "$result_json" --batch-size "$bs"
     echo "    streaming evaluation: $step_seconds s wall clock"

@@ -87,3 +87,20 @@ def test_a_rerun_reuses_the_cached_models_and_calibration(quick_report):
     assert sorted(p.name for p in (out / "work").rglob("*") if p.is_file()) == work_files
     assert [r["config"] for r in json.loads((out / "benchmark.json").read_text())["results"]] == \
         ["torch-fp32", "onnxruntime-int8"]
+
+
+def test_engines_check_runs_local_and_ray_on_the_same_images(tmp_path):
+    """--engines-check: three configurations, the same JSON from each, figures that agree with each other.
+    The Ray runs start Ray on this machine, as --engine ray does without --ray-address."""
+    pytest.importorskip("ray")
+    result = run_script("test/benchmark.py", "--quick", "--engines-check", "--engines-rounds", 1,
+                        "--engines-images", 3, "--out", tmp_path, env={"RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "engines_check.json").read_text())
+    assert report["same_json"] and set(report["configs"]) == {"local", "ray x1", "ray x2"}
+    for name, figures in report["configs"].items():
+        assert figures["num_images"] == 3
+        assert figures["end_to_end_images_per_s"] == pytest.approx(3 / figures["wall_s"])
+        assert 0 < figures["first_batch_s"] < figures["pipeline_s"] < figures["wall_s"]
+    assert len(report["configs"]["ray x2"]["replicas_last_run"]) in (1, 2)  # a replica may start after the last batch
+    assert "| ray x2 | 3 |" in (tmp_path / "engines_check.md").read_text()
