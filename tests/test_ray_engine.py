@@ -2,6 +2,7 @@
 JSON and per-image records as the local engine, 2 replicas on 2 CPUs without a hang, a replica that dies,
 the driver killed and rerun, a bad image, Ray not installed."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -90,9 +91,9 @@ def test_ray_gives_the_local_json_and_records_with_two_replicas_on_two_cpus(tmp_
     log.write_text(distributed.stdout)
     parsed = run_script("test/parse.py", "--result-file", log, "--batch-size", BS)
     assert parsed.returncode == 0 and parsed.stdout.startswith(f"bs{BS} fps:")
-    after = distributed.stdout.split("Inference average time without first time")[1].splitlines()[1:]
-    assert [line for line in after if line.startswith("[INFO] replica ")]
-    assert not [line for line in after if line.startswith("[INFO]") and "ms" in line]  # parse.py's greedy .*ms
+    before, after = distributed.stdout.split("Inference average time :")
+    assert [line for line in before.splitlines() if line.startswith("[INFO] replica ")]
+    assert re.fullmatch(r" [\d.]+ ms\nInference average time without first time: [\d.]+ ms\n", after)  # last
 
 
 def test_a_replica_that_dies_is_restarted_and_the_json_is_the_same(tmp_path, small_onnx, photo_folder, labelled,
