@@ -2,7 +2,7 @@
 
 Both engines (local and Ray) write the same records into ``<result-json-path>/<json stem>_records/``:
 
-- ``identity.json``: which run the records belong to: the model (sha256 and size), backend, precision,
+- ``identity.json``: which run the records belong to: the model (sha256 and size), backend, precision, device,
   batch size, top-k, eval transform, int8 calibration folder, and the image set (count, and a sha256 of every
   image name with its label, in run order). A folder whose identity differs is refused, never mixed in.
 - ``part-NNNNNN.jsonl``: one JSON object per image, written a chunk at a time under a temporary name and
@@ -53,13 +53,15 @@ def image_set_identity(names, labels) -> dict:
     return {"count": len(names), "sha256": digest.hexdigest()}
 
 
-def run_identity(*, model, backend, precision, batch_size, topk, transform: dict, calib, names, labels) -> dict:
+def run_identity(*, model, backend, precision, device, batch_size, topk, transform: dict, calib, names,
+                 labels) -> dict:
     """What must match for records to belong to the same run (see the module docstring)."""
     model = Path(model)
     if not model.is_file():
         raise UserError(f"{model}: model file not found")
     return {"model": {"name": model.name, "size": model.stat().st_size, "sha256": file_sha256(model)},
-            "backend": backend, "precision": precision, "batch_size": batch_size, "topk": topk,
+            "backend": backend, "precision": precision, "device": device or "cpu", "batch_size": batch_size,
+            "topk": topk,
             "transform": transform, "calib": str(Path(calib).resolve()) if calib else None,
             "images": image_set_identity(names, labels)}
 

@@ -191,9 +191,9 @@ def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
 
     The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
     """
-    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, batch_size=job.batch_size,
-                            topk=job.topk, transform=EvalTransform().to_dict(), calib=job.calib, names=job.names,
-                            labels=job.labels)
+    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
+                            batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
+                            calib=job.calib, names=job.names, labels=job.labels)
     store = RecordStore(records_folder(json_path), identity, fresh=fresh,
                         **({} if flush_s is None else {"flush_s": flush_s}))
     done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)

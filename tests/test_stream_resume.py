@@ -107,7 +107,7 @@ def test_records_of_another_run_are_refused_and_fresh_starts_over(tmp_path, smal
     other_model = export_small_onnx(seeded_model(seed=1), tmp_path / "other.onnx")
     out = tmp_path / "out"
     assert stream_eval(model, images, labels, out).returncode == 0
-    for other in ([other_model], [model, "--precision", "int8"], [model, "--batch-size", 3]):
+    for other in ([other_model], [model, "--precision", "int8"], [model, "--batch-size", 3], [model, "--device", "cuda:0"]):
         refused = stream_eval(other[0], images, labels, out, *other[1:])  # the later --batch-size wins
         assert refused.returncode == 2, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and "different run" in refused.stderr
