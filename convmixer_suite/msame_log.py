@@ -33,20 +33,20 @@ def time_line(latency_ms: float) -> str:
 def folder_average_lines(latencies_ms) -> list:
     """msame's closing lines for a folder input: the mean over all files, then, only when more than one
     file ran, the mean without the first."""
-    times = list(latencies_ms)
-    lines = [f"Inference average time : {mean_ms(times):.2f} ms"]
-    if len(times) > 1:
-        lines.append(f"Inference average time without first time: {mean_ms(times[1:]):.2f} ms")
-    return lines
+    return average_lines(latencies_ms, "Inference average time : {:.2f} ms", "{:.2f}")
 
 
 def single_file_average_lines(latencies_ms) -> list:
     """msame's closing lines for one input file run ``--loop`` times: the mean, then, only when it ran
     more than once, the mean without the first run."""
+    return average_lines(latencies_ms, "Inference average time: {:f} ms", "{:f}")
+
+
+def average_lines(latencies_ms, mean_line: str, number: str) -> list:
     times = list(latencies_ms)
-    lines = [f"Inference average time: {mean_ms(times):f} ms"]
+    lines = [mean_line.format(mean_ms(times))]
     if len(times) > 1:
-        lines.append(f"Inference average time without first time: {mean_ms(times[1:]):f} ms")
+        lines.append(f"Inference average time without first time: {number.format(mean_ms(times[1:]))} ms")
     return lines
 
 
