@@ -77,13 +77,27 @@ def parse_args(argv):
                                                                   "check (default 200; 16 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", default="bench_results", help="output folder (default ./bench_results)")
+    p.add_argument("--scenarios", default="", help="MLPerf LoadGen scenarios to run each configuration under, "
+                                                   "comma-separated, from: SingleStream, Offline, Server (default none)")
+    p.add_argument("--server-latency-ms", type=float, default=None,
+                   help="Server: the 99th percentile latency bound (default 3x each configuration's batch-1 latency)")
+    p.add_argument("--server-steps", type=int, default=None, help="Server: LoadGen runs of the QPS bisection "
+                                                                  "(default 5; 3 with --quick)")
+    p.add_argument("--loadgen-min-duration-ms", type=int, default=None,
+                   help="LoadGen's minimum duration of each run (default 10000; 200 with --quick)")
+    p.add_argument("--loadgen-min-queries", type=int, default=64,
+                   help="LoadGen's minimum query count (default 64: SingleStream's early stopping needs 64)")
+    p.add_argument("--loadgen-accuracy", action="store_true",
+                   help="also a LoadGen AccuracyOnly run of each configuration on --images, scored against --labels")
+    p.add_argument("--labels", default=None, help="val_label.txt of --images, for --loadgen-accuracy")
     p.add_argument("--quick", action="store_true", help="small arch and few iterations: a functional check")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = dict(arch=QUICK_ARCH if quick else DEFAULT_ARCH, batch_sizes="1,2" if quick else "1,4,16",
                     iters=2 if quick else 10, warmup=1 if quick else 2, num_images=4 if quick else 16,
                     num_calib=8 if quick else 300, stream_images=4 if quick else 32,
-                    prep_images=16 if quick else 200)
+                    prep_images=16 if quick else 200, server_steps=3 if quick else 5,
+                    loadgen_min_duration_ms=200 if quick else 10_000)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -99,7 +113,22 @@ def parse_args(argv):
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         raise UserError("--warmup must be at least 0")
+    args.scenarios = parse_scenarios(args.scenarios)
+    if args.loadgen_accuracy and not (args.images and args.labels):
+        raise UserError("--loadgen-accuracy needs --images (photos) and --labels (their val_label.txt)")
+    for key in ("server_steps", "loadgen_min_duration_ms", "loadgen_min_queries"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     return args
+
+
+def parse_scenarios(text) -> list:
+    from convmixer_suite.loadgen_harness import SCENARIOS
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise UserError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    return names
 
 
 def parse_int_list(text, flag) -> list:
@@ -262,6 +291,50 @@ def fidelity(backends: dict, pictures: np.ndarray, chunk: int) -> dict:
     return result
 
 
+# ---- MLPerf LoadGen ---------------------------------------------------------------------------------------
+
+def loadgen_settings(args):
+    from convmixer_suite.loadgen_harness import LoadGenSettings
+    return LoadGenSettings(min_duration_ms=args.loadgen_min_duration_ms, min_query_count=args.loadgen_min_queries,
+                           server_latency_ms=args.server_latency_ms, server_bisection_steps=args.server_steps)
+
+
+def run_loadgen(args, backends, pictures, rows, out: Path) -> list:
+    """The chosen LoadGen scenarios on every loaded configuration; logs under ``out``/loadgen."""
+    from convmixer_suite.loadgen_harness import run_scenarios
+    return run_scenarios(backends, pictures, rows, out / "loadgen", args.scenarios, loadgen_settings(args),
+                         log=lambda line: print(line, flush=True))
+
+
+def accuracy_runs(args, backends, rows, out: Path) -> list:
+    """LoadGen AccuracyOnly on every image of --images for each configuration; the logged logits scored
+    against --labels with the scorer of convmixer_eval_acc.py."""
+    from convmixer_suite.loadgen_harness import accuracy_logits, measured_rates, run_scenario
+    from convmixer_suite.scoring import TopKAccuracy, image_key, read_labels
+    from convmixer_suite.transform import EvalTransform, list_images, load_batch
+    paths, _ = list_images(args.images)
+    labels = read_labels(args.labels)
+    missing = [p.name for p in paths if image_key(p.name) not in labels]
+    if missing:
+        raise UserError(f"{args.labels}: no label for {missing[0]} (and {len(missing) - 1} more images)")
+    images, _ = load_batch(paths, EvalTransform())
+    results = []
+    for config, backend in backends.items():
+        latency_ms, best_batch, best_qps = measured_rates(rows, config)
+        print(f"==> LoadGen accuracy run on {config}: {len(paths)} images of {args.images}", flush=True)
+        run = run_scenario(backend, images, config, "Offline", out / "loadgen" / config / "accuracy",
+                           loadgen_settings(args), latency_ms=latency_ms, throughput_qps=best_qps,
+                           batch_size=best_batch, accuracy=True)
+        counter = TopKAccuracy(5)
+        counter.update(accuracy_logits(run.log_dir, len(paths)), [labels[image_key(p.name)] for p in paths],
+                       source=run.log_dir)
+        top = counter.accuracies()
+        results.append({"config": config, "log_dir": run.log_dir, "num_images": counter.num_images,
+                        "top1": top[0], "top5": top[4] if len(top) > 4 else None})
+        print(f"    top-1 {top[0]:.4f}", flush=True)
+    return results
+
+
 # ---- the two pipeline checks -----------------------------------------------------------------------------
 
 def streaming_check(name, onnx_path, checkpoint, threads, calib_dir, image_dir, count, batch_latency_ms) -> dict:
@@ -307,19 +380,10 @@ def preprocessing_check(image_dir: Path, work: Path, rounds: int = 2) -> dict:
 # ---- the report --------------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    flags, model = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_features": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
-                                                             "amx_bf16", "amx_int8", "amx_tile"))}
+    """The CPU (convmixer_suite.cpu_info: vendor, family/model, speed flags), named in one line as ``cpu``."""
+    from convmixer_suite.cpu_info import cpu_info, describe_cpu
+    info = cpu_info()
+    return {**info, "cpu": describe_cpu(info), "os": platform.platform(), "python": platform.python_version()}
 
 
 def library_versions() -> dict:
@@ -385,7 +449,7 @@ def display_name(name, report) -> str:
 def markdown(report) -> str:
     m = report["machine"]
     lines = [f"# ConvMixer benchmark: {report['arch']} ({report['weights']})", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({', '.join(m['cpu_features'])}); "
+             f"Machine: {m['cpu']}; "
              f"threads: {report['settings']['threads'] or 'each runtime default'}; "
              f"{report['settings']['iters']} timed batches per cell after {report['settings']['warmup']} warm-up, "
              f"configurations alternated (one untimed batch before each timed one). OpenVINO's default inference precision on this CPU: "
@@ -400,12 +464,35 @@ def markdown(report) -> str:
               "| configuration | top-1 agreement | max abs diff | max abs diff / max abs logit |", "|---|---:|---:|---:|"]
     for name, f in report["fidelity"].items():
         lines.append(f"| {display_name(name, report)} | {f['top1_agreement']:.3f} | {f['max_abs_diff']:.4g} | {f['max_rel_diff']:.4g} |")
+    lines += loadgen_markdown(report)
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
     lines += ["", "| target | required | measured | met |", "|---|---|---|---|"]
     lines += [f"| {c['target']} | {c['required']} | {c['measured']} | {'yes' if c['met'] else 'no'} |"
               for c in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def loadgen_markdown(report) -> list:
+    """LoadGen's verdict and figures for each configuration and scenario, as LoadGen printed them."""
+    lines = []
+    if report["loadgen"]:
+        lines += ["", "MLPerf LoadGen (logs under loadgen/<config>/<scenario>/; figures as LoadGen printed them):", "",
+                  "| configuration | scenario | Result is | LoadGen's figures | settings |", "|---|---|---|---|---|"]
+        for r in report["loadgen"]:
+            figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items())
+            st = r["settings"]
+            extra = f"batch {st['batch_size']}, min {st['min_duration_ms']} ms / {st['min_query_count']} queries"
+            if r["scenario"] == "Server":
+                extra += (f", p99 bound {st['server_target_latency_ms']:.4g} ms, target {st['server_target_qps']:.4g} QPS"
+                          f" (bound {'met' if r['latency_bound_met'] else 'not met at any step'})")
+            lines.append(f"| {display_name(r['config'], report)} | {r['scenario']} | {r['result']} | {figures} | {extra} |")
+    if report["loadgen_accuracy"]:
+        lines += ["", "LoadGen accuracy runs (AccuracyOnly, logits logged and scored against the labels):", "",
+                  "| configuration | images | top-1 | top-5 |", "|---|---:|---:|---:|"]
+        lines += [f"| {display_name(r['config'], report)} | {r['num_images']} | {r['top1']:.4f} | "
+                  f"{r['top5'] if r['top5'] is None else format(r['top5'], '.4f')} |" for r in report["loadgen_accuracy"]]
+    return lines
 
 
 def write_plot(report, path: Path):
@@ -424,7 +511,7 @@ def write_plot(report, path: Path):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
-    ax.set_title(f"{report['arch']} on {report['machine']['cpu']} ({report['machine']['logical_cpus']} CPUs)",
+    ax.set_title(f"{report['arch']} on {report['machine']['cpu']}",
                  fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -470,6 +557,8 @@ def main(argv=None):
         times = time_alternating(backends, batch, args.iters, args.warmup)
         rows += [latency_row(name, backends[name], bs, times[name]) for name in backends]
     add_ratios(rows)
+    loadgen = run_loadgen(args, backends, pictures, rows, out) if args.scenarios else []
+    loadgen_accuracy = accuracy_runs(args, backends, rows, out) if args.loadgen_accuracy else []
 
     stream = None
     stream_config = args.stream_config
@@ -496,6 +585,7 @@ def main(argv=None):
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images
                             else f"{len(pictures)} generated pictures (not photos)"),
         "streaming": stream, "preprocessing": prep, "skipped": skipped,
+        "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy,
     }
     report["targets"] = target_checks(rows, fid, stream, prep)
     report["total_s"] = time.perf_counter() - started
