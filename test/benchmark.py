@@ -35,6 +35,8 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from convmixer_net import ARCHS, DEFAULT_ARCH, ArchSpec  # noqa: E402
+from convmixer_suite.ceiling import (ceiling_input, ceiling_input_shape, efficiency_rows, load_ceilings,  # noqa: E402
+                                     model_macs, pointwise_macs)
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic  # noqa: E402
 
 # name -> (backend, precision). torch-fp32 is the reference every ratio and fidelity figure is relative to.
@@ -47,6 +49,7 @@ CONFIGS = {
     "openvino-int8": ("openvino", "int8"),
 }
 REFERENCE = "torch-fp32"
+CEILING_PREFIX = "ceiling:"  # timed beside each configuration: its pointwise convolutions alone
 FIDELITY_LIMIT = 0.02  # the issue's "within 2% of fp32": max |diff| / max |logit|
 QUICK_ARCH = "convmixer_32_2_ks5_p14"
 CUSTOM_ARCH_RE = re.compile(r"^convmixer_(\d+)_(\d+)_ks(\d+)_p(\d+)$")
@@ -90,6 +93,8 @@ def parse_args(argv):
     p.add_argument("--loadgen-accuracy", action="store_true",
                    help="also a LoadGen AccuracyOnly run of each configuration on --images, scored against --labels")
     p.add_argument("--labels", default=None, help="val_label.txt of --images, for --loadgen-accuracy")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the ceiling: the model's pointwise convolutions alone, timed beside each configuration")
     p.add_argument("--quick", action="store_true", help="small arch and few iterations: a functional check")
     args = p.parse_args(argv)
     quick = args.quick
@@ -173,8 +178,9 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def cached_onnx(checkpoint: Path, work: Path) -> Path:
-    """The checkpoint exported and verified by convmixer_suite.export (issue 2's functions), cached by its hash."""
+def cached_onnx(checkpoint: Path, work: Path) -> tuple:
+    """The checkpoint exported and verified by convmixer_suite.export (issue 2's functions), cached by its hash;
+    with the checkpoint's architecture."""
     from convmixer_suite.checkpoint import load_model
     from convmixer_suite.export import export_verified
     model, spec = load_model(checkpoint)
@@ -183,7 +189,7 @@ def cached_onnx(checkpoint: Path, work: Path) -> Path:
         print(f"==> exporting {spec.name} to {path}", flush=True)
         for line in export_verified(model, path).lines():
             print(f"    {line}", flush=True)
-    return path
+    return path, spec
 
 
 def generated_pictures(folder: Path, count: int, first_index: int = 0) -> Path:
@@ -239,19 +245,20 @@ def load_configs(names, onnx_path: Path, checkpoint: Path, threads, calib_dir) -
     return loaded, skipped
 
 
-def time_alternating(backends: dict, batch: np.ndarray, iters: int, warmup: int) -> dict:
-    """{name: [latency ms, …]}: warm-up for each first, then each in turn, ``iters`` rounds.
+def time_alternating(backends: dict, batches: dict, iters: int, warmup: int) -> dict:
+    """{name: [latency ms, …]}: warm-up for each first, then each in turn on ``batches[name]``, ``iters`` rounds.
 
     Each turn runs one untimed batch before the timed one: on two cores the runtime that ran last still
     holds them for a while (ONNX Runtime's and OpenMP's threads spin after a run), and measured here that
     added about 15% to the next runtime's first batch, always to the same neighbour in the rotation.
     """
-    for backend in backends.values():
+    for name, backend in backends.items():
         for _ in range(warmup):
-            backend.predict(batch)
+            backend.predict(batches[name])
     times = {name: [] for name in backends}
     for _ in range(iters):
         for name, backend in backends.items():
+            batch = batches[name]
             backend.predict(batch)
             started = time.perf_counter()
             backend.predict(batch)
@@ -454,12 +461,17 @@ def markdown(report) -> str:
              f"{report['settings']['iters']} timed batches per cell after {report['settings']['warmup']} warm-up, "
              f"configurations alternated (one untimed batch before each timed one). OpenVINO's default inference precision on this CPU: "
              f"{report['openvino_default_precision']}.", "",
-             "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Ceiling: {report['ceiling']['what']}, timed in the same alternation; "
+             "efficiency = ceiling ms / model ms.", "",
+             "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 "
+             "| ceiling ms | efficiency | model GOP/s | ceiling GOP/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         lat = r["latency_ms"]
         lines.append(f"| {display_name(r['config'], report)} | {r['batch_size']} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-                     f"| {r['per_image_ms']:.1f} | {r['throughput_images_per_s']:.2f} | {r['ratio_to_torch_fp32']:.2f} |")
+                     f"| {r['per_image_ms']:.1f} | {r['throughput_images_per_s']:.2f} | {r['ratio_to_torch_fp32']:.2f} "
+                     f"| {optional(r['ceiling_ms'], '.4g')} | {optional(r['efficiency'], '.2f')} "
+                     f"| {r['model_gops']:.4g} | {optional(r['ceiling_gops'], '.4g')} |")
     lines += ["", f"Fidelity against PyTorch fp32 on {report['fidelity_images']}:", "",
               "| configuration | top-1 agreement | max abs diff | max abs diff / max abs logit |", "|---|---:|---:|---:|"]
     for name, f in report["fidelity"].items():
@@ -471,6 +483,10 @@ def markdown(report) -> str:
     lines += [f"| {c['target']} | {c['required']} | {c['measured']} | {'yes' if c['met'] else 'no'} |"
               for c in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def optional(value, fmt) -> str:
+    return "n/a" if value is None else format(value, fmt)
 
 
 def loadgen_markdown(report) -> list:
@@ -504,17 +520,22 @@ def write_plot(report, path: Path):
     except ImportError:
         print("notice: matplotlib is not installed (pip install -r requirements-bench.txt); no plot written")
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in dict.fromkeys(r["config"] for r in report["results"]):
-        pts = [(r["batch_size"], r["throughput_images_per_s"]) for r in report["results"] if r["config"] == name]
-        ax.plot(*zip(*pts), marker="o", label=name)
+        own = [r for r in report["results"] if r["config"] == name]
+        line, = ax.plot([r["batch_size"] for r in own], [r["throughput_images_per_s"] for r in own], marker="o",
+                        label=name)
+        ceiling = [(r["batch_size"], r["batch_size"] * 1000.0 / r["ceiling_ms"]) for r in own if r["ceiling_ms"]]
+        if ceiling:
+            ax.plot(*zip(*ceiling), linestyle="--", marker="x", color=line.get_color(), alpha=0.7,
+                    label=f"{name} ceiling")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
     ax.set_title(f"{report['arch']} on {report['machine']['cpu']}",
                  fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers no line
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -532,7 +553,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     spec = arch_spec(args.arch)
     checkpoint = Path(args.checkpoint) if args.checkpoint else seeded_checkpoint(spec, args.seed, work)
-    onnx_path = cached_onnx(checkpoint, work)
+    onnx_path, spec = cached_onnx(checkpoint, work)  # a given checkpoint's own architecture
     n_pictures = max(args.num_images, args.stream_images)
     pictures_dir = generated_pictures(work / "pictures", n_pictures)
     prep_dir = generated_pictures(work / f"prep_pictures_{args.prep_images}", args.prep_images)
@@ -544,19 +565,27 @@ def main(argv=None):
         print(f"==> preprocessing {args.num_calib} generated calibration pictures into {calib_dir}", flush=True)
         preprocess(calib_pictures, calib_dir, os.cpu_count() or 1)
     backends, skipped = load_configs(args.configs, onnx_path, checkpoint, args.threads, calib_dir)
+    ceilings, ceiling_skipped = ({}, {}) if args.no_ceiling else load_ceilings(
+        {c: CONFIGS[c] for c in backends}, spec, work, args.threads, log=lambda line: print(line, flush=True))
 
     fidelity_dir = Path(args.images) if args.images else pictures_dir
     print(f"==> fidelity on {args.num_images} images of {fidelity_dir}", flush=True)
     pictures = load_pictures(fidelity_dir, args.num_images)
     fid = fidelity(backends, pictures, max(args.batch_sizes))
 
-    rows = []
+    rows, ceiling_rows = [], []
     for bs in args.batch_sizes:
         print(f"==> timing batch size {bs}: {', '.join(backends)} alternating, {args.iters} rounds", flush=True)
         batch = np.resize(pictures, (bs, *pictures.shape[1:]))
-        times = time_alternating(backends, batch, args.iters, args.warmup)
+        timed = {**backends, **{CEILING_PREFIX + c: b for c, b in ceilings.items()}}
+        batches = {name: batch if name in backends else ceiling_input(spec, bs) for name in timed}
+        times = time_alternating(timed, batches, args.iters, args.warmup)
         rows += [latency_row(name, backends[name], bs, times[name]) for name in backends]
+        ceiling_rows += [latency_row(name, timed[name], bs, times[name]) for name in timed if name not in backends]
     add_ratios(rows)
+    efficiency_rows(rows, {(r["config"][len(CEILING_PREFIX):], r["batch_size"]): r["latency_ms"]["mean"]
+                           for r in ceiling_rows}, spec)
+    ceilings.clear()  # free the ceiling models' memory before the LoadGen runs
     loadgen = run_loadgen(args, backends, pictures, rows, out) if args.scenarios else []
     loadgen_accuracy = accuracy_runs(args, backends, rows, out) if args.loadgen_accuracy else []
 
@@ -586,6 +615,10 @@ def main(argv=None):
                             else f"{len(pictures)} generated pictures (not photos)"),
         "streaming": stream, "preprocessing": prep, "skipped": skipped,
         "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy,
+        "ceiling": {"what": f"{spec.depth} pointwise {spec.dim}x{spec.dim} convolutions alone on "
+                            f"{'x'.join(map(str, ceiling_input_shape(spec)))}, same runtime, precision and quantizer",
+                    "macs_per_image": pointwise_macs(spec), "model_macs_per_image": model_macs(spec),
+                    "results": ceiling_rows, "skipped": ceiling_skipped},
     }
     report["targets"] = target_checks(rows, fid, stream, prep)
     report["total_s"] = time.perf_counter() - started

@@ -136,7 +136,7 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
         assert run["settings"]["server_target_qps"] in qps
         assert run["latency_bound_met"] == any(s["performance_constraints_satisfied"] == "Yes"
                                                for s in run["bisection"])
-    onnx = next((out / "work").glob("*.onnx"))
+    onnx = next((out / "work").glob("convmixer_*.onnx"))
     prep, outputs = tmp_path / "prep", tmp_path / "outputs"
     run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", prep, "--batch-size", 1,
                check=True)
@@ -151,6 +151,24 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
         assert run["num_images"] == len(paths)
         assert f"{100 * run['top1']:.2f}%" == expected
         assert (Path(run["log_dir"]) / "mlperf_log_accuracy.json").is_file()
+
+
+def test_each_onnx_configuration_has_its_ceiling_timed_in_the_same_run(quick_report):
+    out, report, _ = quick_report
+    ceiling = {(r["config"], r["batch_size"]): r for r in report["ceiling"]["results"]}
+    table = (out / "benchmark.md").read_text()
+    assert "efficiency" in table and report["ceiling"]["what"] in table
+    for r in report["results"]:
+        if r["config"] == "torch-fp32":  # no ceiling model in PyTorch eager
+            assert r["efficiency"] is None
+            continue
+        c = ceiling[("ceiling:" + r["config"], r["batch_size"])]
+        assert c["iterations"] == r["iterations"] and c["precision"] == r["precision"]
+        assert r["ceiling_ms"] == c["latency_ms"]["mean"]
+        assert r["efficiency"] == pytest.approx(c["latency_ms"]["mean"] / r["latency_ms"]["mean"])
+        assert f"| {r['efficiency']:.2f} |" in next(line for line in table.splitlines()
+                                                   if line.startswith(f"| {r['config']}") and
+                                                   f" | {r['batch_size']} | {r['latency_ms']['p50']:.1f} | " in line)
 
 
 # last: it overwrites the quick report's files

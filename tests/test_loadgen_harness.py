@@ -81,3 +81,39 @@ def test_cpuinfo_is_parsed_with_the_speed_flags():
     line = describe_cpu({**info, "logical_cpus": 2})
     assert "family 6, model 143" in line and "amx_tile" in line and "no AMX" not in line
     assert "no AMX" in describe_cpu({**parse_cpuinfo("flags : avx2"), "logical_cpus": 2})
+
+
+def test_ceiling_model_is_the_pointwise_chain_and_its_work_is_counted(tmp_path):
+    import onnxruntime as ort
+    from convmixer_net import ARCHS, ArchSpec
+    from convmixer_suite import ceiling
+    full = ARCHS["convmixer_1536_20"]
+    assert ceiling.ceiling_input_shape(full) == (1536, 32, 32)
+    assert ceiling.pointwise_macs(full) == 20 * 1536 * 1536 * 1024  # ~48.3 GMAC
+    assert 50.5e9 < ceiling.model_macs(full) < 51.5e9               # ~102 GFLOP an image with the depthwise
+    assert ceiling.gops(10**9, 2, 4.0) == pytest.approx(1000.0)      # 2 GOP per GMAC, 2 images in 4 ms
+    spec = ArchSpec("convmixer_8_3_ks3_p28", 8, 3, 3, 28)
+    path = ceiling.build_pointwise_onnx(spec, tmp_path / "pw.onnx")
+    import onnx
+    from onnx import numpy_helper
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    x = ceiling.ceiling_input(spec, 2)
+    assert x.shape == (2, 8, 8, 8)
+    expected = x
+    for i in range(3):
+        w, b = weights[f"pw{i}.weight"][:, :, 0, 0], weights[f"pw{i}.bias"]
+        expected = np.einsum("oc,nchw->nohw", w, expected) + b[None, :, None, None]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_efficiency_is_ceiling_time_over_model_time():
+    from convmixer_net import ARCHS
+    from convmixer_suite.ceiling import efficiency_rows, model_macs
+    spec = ARCHS["convmixer_1536_20"]
+    rows = [{"config": "a", "batch_size": 1, "latency_ms": {"mean": 100.0}},
+            {"config": "b", "batch_size": 4, "latency_ms": {"mean": 400.0}}]
+    efficiency_rows(rows, {("a", 1): 55.0}, spec)
+    assert rows[0]["efficiency"] == pytest.approx(0.55) and rows[0]["ceiling_ms"] == 55.0
+    assert rows[0]["model_gops"] == pytest.approx(2 * model_macs(spec) / 100e6)
+    assert rows[1]["efficiency"] is None and rows[1]["ceiling_gops"] is None
