@@ -38,6 +38,7 @@ from convmixer_net import ARCHS, DEFAULT_ARCH, ArchSpec  # noqa: E402
 from convmixer_suite.ceiling import (ceiling_input, ceiling_input_shape, efficiency_rows, load_ceilings,  # noqa: E402
                                      model_macs, pointwise_macs)
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic  # noqa: E402
+from convmixer_suite.profiling import profile_markdown  # noqa: E402
 
 # name -> (backend, precision). torch-fp32 is the reference every ratio and fidelity figure is relative to.
 CONFIGS = {
@@ -93,6 +94,9 @@ def parse_args(argv):
     p.add_argument("--loadgen-accuracy", action="store_true",
                    help="also a LoadGen AccuracyOnly run of each configuration on --images, scored against --labels")
     p.add_argument("--labels", default=None, help="val_label.txt of --images, for --loadgen-accuracy")
+    p.add_argument("--profile", nargs="?", const="auto", default=None, metavar="CONFIG",
+                   help="profile a configuration layer by layer at batch 1 with its runtime's profiler "
+                        "(default: the fastest within 2%% of fp32)")
     p.add_argument("--no-ceiling", action="store_true",
                    help="skip the ceiling: the model's pointwise convolutions alone, timed beside each configuration")
     p.add_argument("--quick", action="store_true", help="small arch and few iterations: a functional check")
@@ -298,6 +302,18 @@ def fidelity(backends: dict, pictures: np.ndarray, chunk: int) -> dict:
     return result
 
 
+def layer_profile(choice, backends, rows, fid, image) -> dict:
+    """``choice`` (or the fastest configuration within 2% of fp32 at batch 1) profiled layer by layer."""
+    from convmixer_suite.profiling import profile_backend
+    if choice == "auto":
+        best = fastest_within_limit(rows, fid)
+        choice = best["config"] if best else REFERENCE
+    if choice not in backends:
+        raise UserError(f"--profile {choice}: not among the loaded configurations ({', '.join(backends)})")
+    print(f"==> profiling {choice} layer by layer at batch 1", flush=True)
+    return {"config": choice, "batch_size": 1, "nodes": profile_backend(backends[choice], image)}
+
+
 # ---- MLPerf LoadGen ---------------------------------------------------------------------------------------
 
 def loadgen_settings(args):
@@ -476,6 +492,8 @@ def markdown(report) -> str:
               "| configuration | top-1 agreement | max abs diff | max abs diff / max abs logit |", "|---|---:|---:|---:|"]
     for name, f in report["fidelity"].items():
         lines.append(f"| {display_name(name, report)} | {f['top1_agreement']:.3f} | {f['max_abs_diff']:.4g} | {f['max_rel_diff']:.4g} |")
+    if report["profile"] and report["profile"]["nodes"]:
+        lines += [""] + profile_markdown(display_name(report["profile"]["config"], report), report["profile"]["nodes"])
     lines += loadgen_markdown(report)
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
@@ -586,6 +604,7 @@ def main(argv=None):
     efficiency_rows(rows, {(r["config"][len(CEILING_PREFIX):], r["batch_size"]): r["latency_ms"]["mean"]
                            for r in ceiling_rows}, spec)
     ceilings.clear()  # free the ceiling models' memory before the LoadGen runs
+    profile = layer_profile(args.profile, backends, rows, fid, pictures[:1]) if args.profile else None
     loadgen = run_loadgen(args, backends, pictures, rows, out) if args.scenarios else []
     loadgen_accuracy = accuracy_runs(args, backends, rows, out) if args.loadgen_accuracy else []
 
@@ -614,7 +633,7 @@ def main(argv=None):
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images
                             else f"{len(pictures)} generated pictures (not photos)"),
         "streaming": stream, "preprocessing": prep, "skipped": skipped,
-        "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy,
+        "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy, "profile": profile,
         "ceiling": {"what": f"{spec.depth} pointwise {spec.dim}x{spec.dim} convolutions alone on "
                             f"{'x'.join(map(str, ceiling_input_shape(spec)))}, same runtime, precision and quantizer",
                     "macs_per_image": pointwise_macs(spec), "model_macs_per_image": model_macs(spec),

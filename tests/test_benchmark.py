@@ -12,7 +12,7 @@ from conftest import run_script
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
-                        "--scenarios", "SingleStream,Offline")
+                        "--scenarios", "SingleStream,Offline", "--profile", "openvino-int8")
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads((out / "benchmark.json").read_text()), result
 
@@ -169,6 +169,18 @@ def test_each_onnx_configuration_has_its_ceiling_timed_in_the_same_run(quick_rep
         assert f"| {r['efficiency']:.2f} |" in next(line for line in table.splitlines()
                                                    if line.startswith(f"| {r['config']}") and
                                                    f" | {r['batch_size']} | {r['latency_ms']['p50']:.1f} | " in line)
+
+
+def test_the_profile_sums_the_runtimes_own_counters(quick_report):
+    out, report, _ = quick_report
+    if "openvino-int8" in report["skipped"]:
+        pytest.skip("openvino/nncf not installed")
+    profile = report["profile"]
+    assert profile["config"] == "openvino-int8" and profile["nodes"]
+    kinds = {n["node_type"] for n in profile["nodes"]}
+    assert {"Convolution", "GroupConvolution"} <= kinds  # pointwise and depthwise layers, as OpenVINO names them
+    assert all(n["ms"] >= 0 and n["nodes"] >= 1 for n in profile["nodes"])
+    assert "Layer-by-layer profile of openvino-int8" in (out / "benchmark.md").read_text()
 
 
 # last: it overwrites the quick report's files

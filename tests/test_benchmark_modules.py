@@ -1,5 +1,6 @@
-"""convmixer_suite.loadgen_harness and cpu_info on their own: LoadGen's summary read as printed, the Server
-bisection's logic, the accuracy log read back, /proc/cpuinfo parsed."""
+"""The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
+bisection's logic, the accuracy log read back), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
+the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
 import json
 from types import SimpleNamespace
 
@@ -117,3 +118,15 @@ def test_efficiency_is_ceiling_time_over_model_time():
     assert rows[0]["efficiency"] == pytest.approx(0.55) and rows[0]["ceiling_ms"] == 55.0
     assert rows[0]["model_gops"] == pytest.approx(2 * model_macs(spec) / 100e6)
     assert rows[1]["efficiency"] is None and rows[1]["ceiling_gops"] is None
+
+
+def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
+    from convmixer_suite.backends import create_backend
+    from convmixer_suite.profiling import profile_backend, profile_markdown
+    backend = create_backend("onnxruntime", small_onnx)
+    rows = profile_backend(backend, np.zeros((1, 3, 224, 224), np.float32), runs=2)
+    assert rows and all(r["ms"] >= 0 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert any(r["node_type"] in ("Conv", "FusedConv") for r in rows)
+    table = profile_markdown("onnxruntime-fp32", rows)
+    assert table[0].startswith("Layer-by-layer profile of onnxruntime-fp32") and len(table) == 4 + min(len(rows), 15)
