@@ -3,14 +3,20 @@
     python3 test/benchmark.py                      # ConvMixer-1536/20, seeded random weights, all configurations
     python3 test/benchmark.py --checkpoint ./convmixer_1536_20_ks9_p7.pth.tar --images ./photos
     python3 test/benchmark.py --quick              # a small ConvMixer, 2 timed batches: checks that it all runs
+    python3 test/benchmark.py --quick --scenarios SingleStream,Offline   # and under MLPerf LoadGen
 
 For each batch size, every configuration is loaded and warmed up, then timed in alternation (A B C A B C …), so
 any drift of the machine hits all alike. Reported per configuration and batch size: latency p50/p90/p99 (ms),
 throughput (images/s = batch size * 1000 / mean latency) and the throughput as a ratio to PyTorch eager fp32 at
-the same batch size. Beside speed, fidelity on ``--images`` (default: generated pictures): top-1 agreement with
+the same batch size. Beside each configuration its ceiling is timed in the same alternation: the model's
+pointwise convolutions alone (convmixer_suite.ceiling), same runtime, precision and quantizer; efficiency =
+ceiling time / model time. Beside speed, fidelity on ``--images`` (default: generated pictures): top-1 agreement with
 PyTorch fp32 and max |logit diff| / max |logit|. Then two pipeline checks: N images streamed through
 convmixer_suite.stream against N times the runtime's own batch latency, and convmixer_preprocess.py at 2
-workers against 1. Writes benchmark.json (units in the key names), benchmark.md and benchmark_throughput.png
+workers against 1. ``--scenarios`` runs every configuration under MLPerf LoadGen (convmixer_suite.loadgen_harness;
+logs in ``--out``/loadgen/<config>/<scenario>/), ``--loadgen-accuracy`` adds an AccuracyOnly run scored against
+``--labels``, ``--profile`` adds a layer-by-layer profile. The CPU is named (convmixer_suite.cpu_info).
+Writes benchmark.json (units in the key names), benchmark.md and benchmark_throughput.png
 (matplotlib, optional: requirements-bench.txt) into ``--out``; models, images and int8 models are cached in
 ``--out``/work, so a rerun skips the export and the quantization.
 
