@@ -93,10 +93,11 @@ def write_calibration(spec, folder: Path, count: int) -> Path:
 
 def efficiency_rows(rows, ceilings, spec) -> None:
     """Add to each timing row its ceiling's time, efficiency = ceiling ms / model ms, and GOP/s of both
-    (``ceilings``: {(config, batch size): mean ms of its ceiling model})."""
+    (``ceilings``: {(config, batch size): median ms of its ceiling model}). Medians of both: on a machine
+    shared with others, a burst of their load lands on a few timed batches and would move a mean."""
     for r in rows:
         ceiling_ms = ceilings.get((r["config"], r["batch_size"]))
-        model_ms = r["latency_ms"]["mean"]
+        model_ms = r["latency_ms"]["p50"]
         r["model_gops"] = gops(model_macs(spec), r["batch_size"], model_ms)
         if ceiling_ms is None:
             r.update(ceiling_ms=None, efficiency=None, ceiling_gops=None)

@@ -483,10 +483,13 @@ def markdown(report) -> str:
              f"{report['settings']['iters']} timed batches per cell after {report['settings']['warmup']} warm-up, "
              f"configurations alternated (one untimed batch before each timed one). OpenVINO's default inference precision on this CPU: "
              f"{report['openvino_default_precision']}.", "",
+             "Load average (1 min) before and after timing each batch size: " + ", ".join(
+                 f"batch {bs} {r['load_average_1min_before']:.2f} -> {r['load_average_1min_after']:.2f}"
+                 for bs, r in {r["batch_size"]: r for r in report["results"]}.items()) + ".", "",
              f"Ceiling: {report['ceiling']['what']}, timed in the same alternation; "
-             "efficiency = ceiling ms / model ms.", "",
+             "efficiency = ceiling p50 ms / model p50 ms (medians: robust to other users' bursts of load).", "",
              "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 "
-             "| ceiling ms | efficiency | model GOP/s | ceiling GOP/s |",
+             "| ceiling p50 ms | efficiency | model GOP/s | ceiling GOP/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         lat = r["latency_ms"]
@@ -556,7 +559,7 @@ def write_plot(report, path: Path):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
-    ax.set_title(f"{report['arch']} on {report['machine']['cpu']}",
+    ax.set_title(f"{report['arch']} on {report['machine']['cpu']}".replace("; ", "\n", 1),
                  fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers no line
@@ -603,11 +606,14 @@ def main(argv=None):
         batch = np.resize(pictures, (bs, *pictures.shape[1:]))
         timed = {**backends, **{CEILING_PREFIX + c: b for c, b in ceilings.items()}}
         batches = {name: batch if name in backends else ceiling_input(spec, bs) for name in timed}
+        load_before = os.getloadavg()[0]  # other users of the machine: its 1-minute load, before and after
         times = time_alternating(timed, batches, args.iters, args.warmup)
-        rows += [latency_row(name, backends[name], bs, times[name]) for name in backends]
-        ceiling_rows += [latency_row(name, timed[name], bs, times[name]) for name in timed if name not in backends]
+        load = {"load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]}
+        rows += [{**latency_row(name, backends[name], bs, times[name]), **load} for name in backends]
+        ceiling_rows += [{**latency_row(name, timed[name], bs, times[name]), **load}
+                         for name in timed if name not in backends]
     add_ratios(rows)
-    efficiency_rows(rows, {(r["config"][len(CEILING_PREFIX):], r["batch_size"]): r["latency_ms"]["mean"]
+    efficiency_rows(rows, {(r["config"][len(CEILING_PREFIX):], r["batch_size"]): r["latency_ms"]["p50"]
                            for r in ceiling_rows}, spec)
     ceilings.clear()  # free the ceiling models' memory before the LoadGen runs
     profile = layer_profile(args.profile, backends, rows, fid, pictures[:1]) if args.profile else None

@@ -112,8 +112,8 @@ def test_efficiency_is_ceiling_time_over_model_time():
     from convmixer_net import ARCHS
     from convmixer_suite.ceiling import efficiency_rows, model_macs
     spec = ARCHS["convmixer_1536_20"]
-    rows = [{"config": "a", "batch_size": 1, "latency_ms": {"mean": 100.0}},
-            {"config": "b", "batch_size": 4, "latency_ms": {"mean": 400.0}}]
+    rows = [{"config": "a", "batch_size": 1, "latency_ms": {"p50": 100.0, "mean": 180.0}},
+            {"config": "b", "batch_size": 4, "latency_ms": {"p50": 400.0, "mean": 400.0}}]
     efficiency_rows(rows, {("a", 1): 55.0}, spec)
     assert rows[0]["efficiency"] == pytest.approx(0.55) and rows[0]["ceiling_ms"] == 55.0
     assert rows[0]["model_gops"] == pytest.approx(2 * model_macs(spec) / 100e6)
