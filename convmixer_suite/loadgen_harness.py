@@ -99,10 +99,10 @@ class BackendSUT:
     def __init__(self, lg, backend, qsl: QuerySampleLibrary, batch_size: int = 1):
         self.lg, self.backend, self.qsl, self.batch_size = lg, backend, qsl, max(1, int(batch_size))
         self.queue = queue.Queue()
+        self.error = None
         self.worker = threading.Thread(target=self._serve, daemon=True)
         self.worker.start()
         self.handle = lg.ConstructSUT(self.queue.put, self._flush)
-        self.error = None
 
     def _flush(self):
         pass
