@@ -51,23 +51,26 @@ def parse_device(device):
     return match.group(1), int(match.group(2) or 0)
 
 
-def check_batch(batch: np.ndarray) -> np.ndarray:
-    if batch.ndim != 4 or tuple(batch.shape[1:]) != IMAGE_SHAPE:
-        raise UserError(f"a batch must have shape [N,{','.join(map(str, IMAGE_SHAPE))}], got {list(batch.shape)}")
+def check_batch(batch: np.ndarray, shape=IMAGE_SHAPE) -> np.ndarray:
+    if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(shape):
+        raise UserError(f"a batch must have shape [N,{','.join(map(str, shape))}], got {list(batch.shape)}")
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
 class Backend:
     """The interface every runtime implements. ``batch_size`` is None when the model's batch axis
-    is dynamic; ``precision`` is the precision actually run (after any fallback)."""
+    is dynamic; ``precision`` is the precision actually run (after any fallback). ``input_shape`` is one
+    sample's shape: an image, unless the model takes something else (the benchmark's ceiling model)."""
     name = ""
     version = "unknown"
     batch_size = None
     supported_precisions = ("fp32",)
     supported_devices = ("cpu",)
 
-    def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None):
+    def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
+                 input_shape=IMAGE_SHAPE):
         self.model_path = Path(model_path)
+        self.input_shape = tuple(input_shape)
         self.threads = threads
         self.precision = precision
         self.device = device
@@ -114,7 +117,7 @@ class Backend:
         if self.precision != "int8":
             return self.model_path
         precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
-        return Path(precision.int8_model(self.model_path, self.name, self.calib_dir))
+        return Path(precision.int8_model(self.model_path, self.name, self.calib_dir, sample_shape=self.input_shape))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -162,7 +165,7 @@ class OnnxRuntimeBackend(Backend):
         return chain + ["CPUExecutionProvider"]
 
     def predict(self, batch):
-        return self.session.run(None, {self.input_name: check_batch(batch)})[0]
+        return self.session.run(None, {self.input_name: check_batch(batch, self.input_shape)})[0]
 
 
 class OpenVinoBackend(Backend):
@@ -208,7 +211,7 @@ class OpenVinoBackend(Backend):
         here at 530 ms an image in bf16 against 237 ms static (batch 1, ConvMixer-1536/20)."""
         if batch_size not in self.requests:
             model = self.model.clone()
-            model.reshape([batch_size, *IMAGE_SHAPE])
+            model.reshape([batch_size, *self.input_shape])
             self.requests[batch_size] = self._compile(model)
         return self.requests[batch_size]
 
@@ -217,7 +220,7 @@ class OpenVinoBackend(Backend):
         return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
 
     def predict(self, batch):
-        batch = check_batch(batch)
+        batch = check_batch(batch, self.input_shape)
         request = self._request_for(len(batch))
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
@@ -367,8 +370,8 @@ def _openvino_route_installed(precision) -> bool:
 
 
 def create_backend(name, model_path, *, threads=None, precision="fp32", device=None,
-                   calib_dir=None) -> Backend:
+                   calib_dir=None, input_shape=IMAGE_SHAPE) -> Backend:
     """Build and load the named backend (``auto`` resolved by ``resolve_backend``)."""
     name = resolve_backend(name, model_path, precision)
     return BACKENDS[name](model_path, threads=threads, precision=precision, device=device,
-                          calib_dir=calib_dir).load()
+                          calib_dir=calib_dir, input_shape=input_shape).load()

@@ -34,17 +34,20 @@ ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 IMAGE_SHAPE = (3, 224, 224)
 
 
-def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB) -> Path:
+def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE) -> Path:
     """The int8 model for ``backend_name`` made from ``onnx_path``, calibrated on the first ``num_calib``
-    images of ``calib_dir`` (a folder written by convmixer_preprocess.py); built once, then reused."""
+    images of ``calib_dir`` (a folder written by convmixer_preprocess.py; or, for a model whose input is not
+    an image, batch files of float32 samples of ``sample_shape``); built once, then reused."""
     onnx_path = Path(onnx_path)
     if backend_name not in ROUTES:
         raise UserError(f"--precision int8 runs on {' or '.join(ROUTES)}, not on the {backend_name} backend")
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
         raise UserError(f"{onnx_path}: --precision int8 quantizes an .onnx model, and this is not one")
-    samples, sample_names = read_calibration(calib_dir, num_calib)
+    samples, sample_names = read_calibration(calib_dir, num_calib, sample_shape)
     route, suffix = ROUTES[backend_name]
     params = {"route": route, "num_calib": len(samples), "library": library_versions(route)}
+    if tuple(sample_shape) != IMAGE_SHAPE:
+        params["sample_shape"] = list(sample_shape)
     target = onnx_path.with_name(f"{onnx_path.stem}.int8-{backend_name}-"
                                  f"{cache_key(onnx_path, samples, params)}{suffix}")
     if target.is_file():
@@ -59,9 +62,9 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB) 
     return target
 
 
-def read_calibration(calib_dir, num_calib) -> tuple:
+def read_calibration(calib_dir, num_calib, sample_shape=IMAGE_SHAPE) -> tuple:
     """The first ``num_calib`` real images (not padding, not skipped) of a preprocessed folder, each as a
-    [1,3,224,224] float32 array, with their names."""
+    [1,3,224,224] float32 array (``[1, *sample_shape]``), with their names."""
     from convmixer_suite.manifest import BATCH_FILE_RE, batch_file_name, read_manifest
 
     if calib_dir is None:
@@ -77,7 +80,8 @@ def read_calibration(calib_dir, num_calib) -> tuple:
         rows = [(batch_file_name(b), r, name, manifest.batch_size) for b, r, name in manifest.scored_rows()]
     else:  # no manifest: every row of every batch file, in file order
         files = sorted(p.name for p in folder.iterdir() if BATCH_FILE_RE.match(p.name))
-        rows = [(f, r, f"{f}[{r}]", n) for f in files for n in [batch_rows(folder / f)] for r in range(n)]
+        rows = [(f, r, f"{f}[{r}]", n) for f in files for n in [batch_rows(folder / f, sample_shape)]
+                for r in range(n)]
     if not rows:
         raise UserError(f"{folder}: no preprocessed images (input_NNNNN.bin) to calibrate on")
     rows = rows[:num_calib]
@@ -85,25 +89,27 @@ def read_calibration(calib_dir, num_calib) -> tuple:
     samples = []
     for file_name, row, _, batch_size in rows:
         if file_name not in cache:
-            cache = {file_name: load_batch_file(folder / file_name, batch_size)}
+            cache = {file_name: load_batch_file(folder / file_name, batch_size, sample_shape)}
         samples.append(cache[file_name][row:row + 1].copy())
     return samples, [name for _, _, name, _ in rows]
 
 
-def batch_rows(path: Path) -> int:
-    image_bytes = int(np.prod(IMAGE_SHAPE)) * 4
+def batch_rows(path: Path, sample_shape=IMAGE_SHAPE) -> int:
+    image_bytes = int(np.prod(sample_shape)) * 4
     size = path.stat().st_size
     if size == 0 or size % image_bytes:
-        raise UserError(f"{path}: {size} bytes is not a whole number of 3x224x224 float32 images")
+        raise UserError(f"{path}: {size} bytes is not a whole number of "
+                        f"{'x'.join(map(str, sample_shape))} float32 images")
     return size // image_bytes
 
 
-def load_batch_file(path: Path, batch_size: int) -> np.ndarray:
+def load_batch_file(path: Path, batch_size: int, sample_shape=IMAGE_SHAPE) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: batch file listed in the manifest is missing")
-    if batch_rows(path) != batch_size:
-        raise UserError(f"{path}: holds {batch_rows(path)} images, the manifest says batches of {batch_size}")
-    return np.fromfile(path, dtype=np.float32).reshape(batch_size, *IMAGE_SHAPE)
+    rows = batch_rows(path, sample_shape)
+    if rows != batch_size:
+        raise UserError(f"{path}: holds {rows} images, the manifest says batches of {batch_size}")
+    return np.fromfile(path, dtype=np.float32).reshape(batch_size, *sample_shape)
 
 
 def library_versions(route) -> dict:

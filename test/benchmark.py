@@ -3,14 +3,20 @@
     python3 test/benchmark.py                      # ConvMixer-1536/20, seeded random weights, all configurations
     python3 test/benchmark.py --checkpoint ./convmixer_1536_20_ks9_p7.pth.tar --images ./photos
     python3 test/benchmark.py --quick              # a small ConvMixer, 2 timed batches: checks that it all runs
+    python3 test/benchmark.py --quick --scenarios SingleStream,Offline   # and under MLPerf LoadGen
 
 For each batch size, every configuration is loaded and warmed up, then timed in alternation (A B C A B C …), so
 any drift of the machine hits all alike. Reported per configuration and batch size: latency p50/p90/p99 (ms),
 throughput (images/s = batch size * 1000 / mean latency) and the throughput as a ratio to PyTorch eager fp32 at
-the same batch size. Beside speed, fidelity on ``--images`` (default: generated pictures): top-1 agreement with
+the same batch size. Beside each configuration its ceiling is timed in the same alternation: the model's
+pointwise convolutions alone (convmixer_suite.ceiling), same runtime, precision and quantizer; efficiency =
+ceiling time / model time. Beside speed, fidelity on ``--images`` (default: generated pictures): top-1 agreement with
 PyTorch fp32 and max |logit diff| / max |logit|. Then two pipeline checks: N images streamed through
 convmixer_suite.stream against N times the runtime's own batch latency, and convmixer_preprocess.py at 2
-workers against 1. Writes benchmark.json (units in the key names), benchmark.md and benchmark_throughput.png
+workers against 1. ``--scenarios`` runs every configuration under MLPerf LoadGen (convmixer_suite.loadgen_harness;
+logs in ``--out``/loadgen/<config>/<scenario>/), ``--loadgen-accuracy`` adds an AccuracyOnly run scored against
+``--labels``, ``--profile`` adds a layer-by-layer profile. The CPU is named (convmixer_suite.cpu_info).
+Writes benchmark.json (units in the key names), benchmark.md and benchmark_throughput.png
 (matplotlib, optional: requirements-bench.txt) into ``--out``; models, images and int8 models are cached in
 ``--out``/work, so a rerun skips the export and the quantization.
 
@@ -35,7 +41,10 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from convmixer_net import ARCHS, DEFAULT_ARCH, ArchSpec  # noqa: E402
+from convmixer_suite.ceiling import (ceiling_input, ceiling_input_shape, efficiency_rows, load_ceilings,  # noqa: E402
+                                     model_macs, pointwise_macs)
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic  # noqa: E402
+from convmixer_suite.profiling import profile_markdown  # noqa: E402
 
 # name -> (backend, precision). torch-fp32 is the reference every ratio and fidelity figure is relative to.
 CONFIGS = {
@@ -47,6 +56,7 @@ CONFIGS = {
     "openvino-int8": ("openvino", "int8"),
 }
 REFERENCE = "torch-fp32"
+CEILING_PREFIX = "ceiling:"  # timed beside each configuration: its pointwise convolutions alone
 FIDELITY_LIMIT = 0.02  # the issue's "within 2% of fp32": max |diff| / max |logit|
 QUICK_ARCH = "convmixer_32_2_ks5_p14"
 CUSTOM_ARCH_RE = re.compile(r"^convmixer_(\d+)_(\d+)_ks(\d+)_p(\d+)$")
@@ -77,6 +87,24 @@ def parse_args(argv):
                                                                   "check (default 200; 16 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.add_argument("--out", default="bench_results", help="output folder (default ./bench_results)")
+    p.add_argument("--scenarios", default="", help="MLPerf LoadGen scenarios to run each configuration under, "
+                                                   "comma-separated, from: SingleStream, Offline, Server (default none)")
+    p.add_argument("--server-latency-ms", type=float, default=None,
+                   help="Server: the 99th percentile latency bound (default 3x each configuration's batch-1 latency)")
+    p.add_argument("--server-steps", type=int, default=None, help="Server: LoadGen runs of the QPS bisection "
+                                                                  "(default 5; 3 with --quick)")
+    p.add_argument("--loadgen-min-duration-ms", type=int, default=None,
+                   help="LoadGen's minimum duration of each run (default 10000; 200 with --quick)")
+    p.add_argument("--loadgen-min-queries", type=int, default=64,
+                   help="LoadGen's minimum query count (default 64: SingleStream's early stopping needs 64)")
+    p.add_argument("--loadgen-accuracy", action="store_true",
+                   help="also a LoadGen AccuracyOnly run of each configuration on --images, scored against --labels")
+    p.add_argument("--labels", default=None, help="val_label.txt of --images, for --loadgen-accuracy")
+    p.add_argument("--profile", nargs="?", const="auto", default=None, metavar="CONFIG",
+                   help="profile a configuration layer by layer at batch 1 with its runtime's profiler "
+                        "(default: the fastest within 2%% of fp32)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the ceiling: the model's pointwise convolutions alone, timed beside each configuration")
     p.add_argument("--quick", action="store_true", help="small arch and few iterations: a functional check")
     p.add_argument("--engines-check", action="store_true",
                    help="only this: convmixer_stream_eval.py local vs --engine ray with 1 and 2 replicas, alternated, "
@@ -91,7 +119,8 @@ def parse_args(argv):
     defaults = dict(arch=QUICK_ARCH if quick else DEFAULT_ARCH, batch_sizes="1,2" if quick else "1,4,16",
                     iters=2 if quick else 10, warmup=1 if quick else 2, num_images=4 if quick else 16,
                     num_calib=8 if quick else 300, stream_images=4 if quick else 32,
-                    prep_images=16 if quick else 200, engines_images=6 if quick else 32)
+                    prep_images=16 if quick else 200, engines_images=6 if quick else 32,
+                    server_steps=3 if quick else 5, loadgen_min_duration_ms=200 if quick else 10_000)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -107,7 +136,22 @@ def parse_args(argv):
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         raise UserError("--warmup must be at least 0")
+    args.scenarios = parse_scenarios(args.scenarios)
+    if args.loadgen_accuracy and not (args.images and args.labels):
+        raise UserError("--loadgen-accuracy needs --images (photos) and --labels (their val_label.txt)")
+    for key in ("server_steps", "loadgen_min_duration_ms", "loadgen_min_queries"):
+        if getattr(args, key) < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     return args
+
+
+def parse_scenarios(text) -> list:
+    from convmixer_suite.loadgen_harness import SCENARIOS
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise UserError(f"--scenarios: unknown {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    return names
 
 
 def parse_int_list(text, flag) -> list:
@@ -148,8 +192,9 @@ def file_digest(path: Path) -> str:
     return file_sha256(path)[:12]
 
 
-def cached_onnx(checkpoint: Path, work: Path) -> Path:
-    """The checkpoint exported and verified by convmixer_suite.export (issue 2's functions), cached by its hash."""
+def cached_onnx(checkpoint: Path, work: Path) -> tuple:
+    """The checkpoint exported and verified by convmixer_suite.export (issue 2's functions), cached by its hash;
+    with the checkpoint's architecture."""
     from convmixer_suite.checkpoint import load_model
     from convmixer_suite.export import export_verified
     model, spec = load_model(checkpoint)
@@ -158,7 +203,7 @@ def cached_onnx(checkpoint: Path, work: Path) -> Path:
         print(f"==> exporting {spec.name} to {path}", flush=True)
         for line in export_verified(model, path).lines():
             print(f"    {line}", flush=True)
-    return path
+    return path, spec
 
 
 def generated_pictures(folder: Path, count: int, first_index: int = 0) -> Path:
@@ -214,19 +259,20 @@ def load_configs(names, onnx_path: Path, checkpoint: Path, threads, calib_dir) -
     return loaded, skipped
 
 
-def time_alternating(backends: dict, batch: np.ndarray, iters: int, warmup: int) -> dict:
-    """{name: [latency ms, …]}: warm-up for each first, then each in turn, ``iters`` rounds.
+def time_alternating(backends: dict, batches: dict, iters: int, warmup: int) -> dict:
+    """{name: [latency ms, …]}: warm-up for each first, then each in turn on ``batches[name]``, ``iters`` rounds.
 
     Each turn runs one untimed batch before the timed one: on two cores the runtime that ran last still
     holds them for a while (ONNX Runtime's and OpenMP's threads spin after a run), and measured here that
     added about 15% to the next runtime's first batch, always to the same neighbour in the rotation.
     """
-    for backend in backends.values():
+    for name, backend in backends.items():
         for _ in range(warmup):
-            backend.predict(batch)
+            backend.predict(batches[name])
     times = {name: [] for name in backends}
     for _ in range(iters):
         for name, backend in backends.items():
+            batch = batches[name]
             backend.predict(batch)
             started = time.perf_counter()
             backend.predict(batch)
@@ -264,6 +310,62 @@ def fidelity(backends: dict, pictures: np.ndarray, chunk: int) -> dict:
                         "max_rel_diff": diff / max_logit if max_logit else float("inf"),
                         "num_images": int(len(pictures))}
     return result
+
+
+def layer_profile(choice, backends, rows, fid, image) -> dict:
+    """``choice`` (or the fastest configuration within 2% of fp32 at batch 1) profiled layer by layer."""
+    from convmixer_suite.profiling import profile_backend
+    if choice == "auto":
+        best = fastest_within_limit(rows, fid)
+        choice = best["config"] if best else REFERENCE
+    if choice not in backends:
+        raise UserError(f"--profile {choice}: not among the loaded configurations ({', '.join(backends)})")
+    print(f"==> profiling {choice} layer by layer at batch 1", flush=True)
+    return {"config": choice, "batch_size": 1, "nodes": profile_backend(backends[choice], image)}
+
+
+# ---- MLPerf LoadGen ---------------------------------------------------------------------------------------
+
+def loadgen_settings(args):
+    from convmixer_suite.loadgen_harness import LoadGenSettings
+    return LoadGenSettings(min_duration_ms=args.loadgen_min_duration_ms, min_query_count=args.loadgen_min_queries,
+                           server_latency_ms=args.server_latency_ms, server_bisection_steps=args.server_steps)
+
+
+def run_loadgen(args, backends, pictures, rows, out: Path) -> list:
+    """The chosen LoadGen scenarios on every loaded configuration; logs under ``out``/loadgen."""
+    from convmixer_suite.loadgen_harness import run_scenarios
+    return run_scenarios(backends, pictures, rows, out / "loadgen", args.scenarios, loadgen_settings(args),
+                         log=lambda line: print(line, flush=True))
+
+
+def accuracy_runs(args, backends, rows, out: Path) -> list:
+    """LoadGen AccuracyOnly on every image of --images for each configuration; the logged logits scored
+    against --labels with the scorer of convmixer_eval_acc.py."""
+    from convmixer_suite.loadgen_harness import accuracy_logits, measured_rates, run_scenario
+    from convmixer_suite.scoring import TopKAccuracy, image_key, read_labels
+    from convmixer_suite.transform import EvalTransform, list_images, load_batch
+    paths, _ = list_images(args.images)
+    labels = read_labels(args.labels)
+    missing = [p.name for p in paths if image_key(p.name) not in labels]
+    if missing:
+        raise UserError(f"{args.labels}: no label for {missing[0]} (and {len(missing) - 1} more images)")
+    images, _ = load_batch(paths, EvalTransform())
+    results = []
+    for config, backend in backends.items():
+        latency_ms, best_batch, best_qps = measured_rates(rows, config)
+        print(f"==> LoadGen accuracy run on {config}: {len(paths)} images of {args.images}", flush=True)
+        run = run_scenario(backend, images, config, "Offline", out / "loadgen" / config / "accuracy",
+                           loadgen_settings(args), latency_ms=latency_ms, throughput_qps=best_qps,
+                           batch_size=best_batch, accuracy=True)
+        counter = TopKAccuracy(5)
+        counter.update(accuracy_logits(run.log_dir, len(paths)), [labels[image_key(p.name)] for p in paths],
+                       source=run.log_dir)
+        top = counter.accuracies()
+        results.append({"config": config, "log_dir": run.log_dir, "num_images": counter.num_images,
+                        "top1": top[0], "top5": top[4] if len(top) > 4 else None})
+        print(f"    top-1 {top[0]:.4f}", flush=True)
+    return results
 
 
 # ---- the two pipeline checks -----------------------------------------------------------------------------
@@ -311,19 +413,10 @@ def preprocessing_check(image_dir: Path, work: Path, rounds: int = 2) -> dict:
 # ---- the report --------------------------------------------------------------------------------------------
 
 def machine_info() -> dict:
-    flags, model = set(), platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_features": sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni",
-                                                             "amx_bf16", "amx_int8", "amx_tile"))}
+    """The CPU (convmixer_suite.cpu_info: vendor, family/model, speed flags), named in one line as ``cpu``."""
+    from convmixer_suite.cpu_info import cpu_info, describe_cpu
+    info = cpu_info()
+    return {**info, "cpu": describe_cpu(info), "os": platform.platform(), "python": platform.python_version()}
 
 
 def library_versions() -> dict:
@@ -389,27 +482,64 @@ def display_name(name, report) -> str:
 def markdown(report) -> str:
     m = report["machine"]
     lines = [f"# ConvMixer benchmark: {report['arch']} ({report['weights']})", "",
-             f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({', '.join(m['cpu_features'])}); "
+             f"Machine: {m['cpu']}; "
              f"threads: {report['settings']['threads'] or 'each runtime default'}; "
              f"{report['settings']['iters']} timed batches per cell after {report['settings']['warmup']} warm-up, "
              f"configurations alternated (one untimed batch before each timed one). OpenVINO's default inference precision on this CPU: "
              f"{report['openvino_default_precision']}.", "",
-             "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "Load average (1 min) before and after timing each batch size: " + ", ".join(
+                 f"batch {bs} {r['load_average_1min_before']:.2f} -> {r['load_average_1min_after']:.2f}"
+                 for bs, r in {r["batch_size"]: r for r in report["results"]}.items()) + ".", "",
+             f"Ceiling: {report['ceiling']['what']}, timed in the same alternation; "
+             "efficiency = ceiling p50 ms / model p50 ms (medians: robust to other users' bursts of load).", "",
+             "| configuration | batch | p50 ms | p90 ms | p99 ms | ms/image | images/s | x torch fp32 "
+             "| ceiling p50 ms | efficiency | model GOP/s | ceiling GOP/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
         lat = r["latency_ms"]
         lines.append(f"| {display_name(r['config'], report)} | {r['batch_size']} | {lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} "
-                     f"| {r['per_image_ms']:.1f} | {r['throughput_images_per_s']:.2f} | {r['ratio_to_torch_fp32']:.2f} |")
+                     f"| {r['per_image_ms']:.1f} | {r['throughput_images_per_s']:.2f} | {r['ratio_to_torch_fp32']:.2f} "
+                     f"| {optional(r['ceiling_ms'], '.4g')} | {optional(r['efficiency'], '.2f')} "
+                     f"| {r['model_gops']:.4g} | {optional(r['ceiling_gops'], '.4g')} |")
     lines += ["", f"Fidelity against PyTorch fp32 on {report['fidelity_images']}:", "",
               "| configuration | top-1 agreement | max abs diff | max abs diff / max abs logit |", "|---|---:|---:|---:|"]
     for name, f in report["fidelity"].items():
         lines.append(f"| {display_name(name, report)} | {f['top1_agreement']:.3f} | {f['max_abs_diff']:.4g} | {f['max_rel_diff']:.4g} |")
+    if report["profile"] and report["profile"]["nodes"]:
+        lines += [""] + profile_markdown(display_name(report["profile"]["config"], report), report["profile"]["nodes"])
+    lines += loadgen_markdown(report)
     if report["skipped"]:
         lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
     lines += ["", "| target | required | measured | met |", "|---|---|---|---|"]
     lines += [f"| {c['target']} | {c['required']} | {c['measured']} | {'yes' if c['met'] else 'no'} |"
               for c in report["targets"]]
     return "\n".join(lines) + "\n"
+
+
+def optional(value, fmt) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def loadgen_markdown(report) -> list:
+    """LoadGen's verdict and figures for each configuration and scenario, as LoadGen printed them."""
+    lines = []
+    if report["loadgen"]:
+        lines += ["", "MLPerf LoadGen (logs under loadgen/<config>/<scenario>/; figures as LoadGen printed them):", "",
+                  "| configuration | scenario | Result is | LoadGen's figures | settings |", "|---|---|---|---|---|"]
+        for r in report["loadgen"]:
+            figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items())
+            st = r["settings"]
+            extra = f"batch {st['batch_size']}, min {st['min_duration_ms']} ms / {st['min_query_count']} queries"
+            if r["scenario"] == "Server":
+                extra += (f", p99 bound {st['server_target_latency_ms']:.4g} ms, target {st['server_target_qps']:.4g} QPS"
+                          f" (bound {'met' if r['latency_bound_met'] else 'not met at any step'})")
+            lines.append(f"| {display_name(r['config'], report)} | {r['scenario']} | {r['result']} | {figures} | {extra} |")
+    if report["loadgen_accuracy"]:
+        lines += ["", "LoadGen accuracy runs (AccuracyOnly, logits logged and scored against the labels):", "",
+                  "| configuration | images | top-1 | top-5 |", "|---|---:|---:|---:|"]
+        lines += [f"| {display_name(r['config'], report)} | {r['num_images']} | {r['top1']:.4f} | "
+                  f"{r['top5'] if r['top5'] is None else format(r['top5'], '.4f')} |" for r in report["loadgen_accuracy"]]
+    return lines
 
 
 def write_plot(report, path: Path):
@@ -421,17 +551,22 @@ def write_plot(report, path: Path):
     except ImportError:
         print("notice: matplotlib is not installed (pip install -r requirements-bench.txt); no plot written")
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in dict.fromkeys(r["config"] for r in report["results"]):
-        pts = [(r["batch_size"], r["throughput_images_per_s"]) for r in report["results"] if r["config"] == name]
-        ax.plot(*zip(*pts), marker="o", label=name)
+        own = [r for r in report["results"] if r["config"] == name]
+        line, = ax.plot([r["batch_size"] for r in own], [r["throughput_images_per_s"] for r in own], marker="o",
+                        label=name)
+        ceiling = [(r["batch_size"], r["batch_size"] * 1000.0 / r["ceiling_ms"]) for r in own if r["ceiling_ms"]]
+        if ceiling:
+            ax.plot(*zip(*ceiling), linestyle="--", marker="x", color=line.get_color(), alpha=0.7,
+                    label=f"{name} ceiling")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
-    ax.set_title(f"{report['arch']} on {report['machine']['cpu']} ({report['machine']['logical_cpus']} CPUs)",
+    ax.set_title(f"{report['arch']} on {report['machine']['cpu']}".replace("; ", "\n", 1),
                  fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers no line
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -481,7 +616,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     spec = arch_spec(args.arch)
     checkpoint = Path(args.checkpoint) if args.checkpoint else seeded_checkpoint(spec, args.seed, work)
-    onnx_path = cached_onnx(checkpoint, work)
+    onnx_path, spec = cached_onnx(checkpoint, work)  # a given checkpoint's own architecture
     if args.engines_check:
         return run_engines_check(args, checkpoint, onnx_path, work, out)
     n_pictures = max(args.num_images, args.stream_images)
@@ -495,19 +630,33 @@ def main(argv=None):
         print(f"==> preprocessing {args.num_calib} generated calibration pictures into {calib_dir}", flush=True)
         preprocess(calib_pictures, calib_dir, os.cpu_count() or 1)
     backends, skipped = load_configs(args.configs, onnx_path, checkpoint, args.threads, calib_dir)
+    ceilings, ceiling_skipped = ({}, {}) if args.no_ceiling else load_ceilings(
+        {c: CONFIGS[c] for c in backends}, spec, work, args.threads, log=lambda line: print(line, flush=True))
 
     fidelity_dir = Path(args.images) if args.images else pictures_dir
     print(f"==> fidelity on {args.num_images} images of {fidelity_dir}", flush=True)
     pictures = load_pictures(fidelity_dir, args.num_images)
     fid = fidelity(backends, pictures, max(args.batch_sizes))
 
-    rows = []
+    rows, ceiling_rows = [], []
     for bs in args.batch_sizes:
         print(f"==> timing batch size {bs}: {', '.join(backends)} alternating, {args.iters} rounds", flush=True)
         batch = np.resize(pictures, (bs, *pictures.shape[1:]))
-        times = time_alternating(backends, batch, args.iters, args.warmup)
-        rows += [latency_row(name, backends[name], bs, times[name]) for name in backends]
+        timed = {**backends, **{CEILING_PREFIX + c: b for c, b in ceilings.items()}}
+        batches = {name: batch if name in backends else ceiling_input(spec, bs) for name in timed}
+        load_before = os.getloadavg()[0]  # other users of the machine: its 1-minute load, before and after
+        times = time_alternating(timed, batches, args.iters, args.warmup)
+        load = {"load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]}
+        rows += [{**latency_row(name, backends[name], bs, times[name]), **load} for name in backends]
+        ceiling_rows += [{**latency_row(name, timed[name], bs, times[name]), **load}
+                         for name in timed if name not in backends]
     add_ratios(rows)
+    efficiency_rows(rows, {(r["config"][len(CEILING_PREFIX):], r["batch_size"]): r["latency_ms"]["p50"]
+                           for r in ceiling_rows}, spec)
+    ceilings.clear()  # free the ceiling models' memory before the LoadGen runs
+    profile = layer_profile(args.profile, backends, rows, fid, pictures[:1]) if args.profile else None
+    loadgen = run_loadgen(args, backends, pictures, rows, out) if args.scenarios else []
+    loadgen_accuracy = accuracy_runs(args, backends, rows, out) if args.loadgen_accuracy else []
 
     stream = None
     stream_config = args.stream_config
@@ -534,6 +683,11 @@ def main(argv=None):
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images
                             else f"{len(pictures)} generated pictures (not photos)"),
         "streaming": stream, "preprocessing": prep, "skipped": skipped,
+        "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy, "profile": profile,
+        "ceiling": {"what": f"{spec.depth} pointwise {spec.dim}x{spec.dim} convolutions alone on "
+                            f"{'x'.join(map(str, ceiling_input_shape(spec)))}, same runtime, precision and quantizer",
+                    "macs_per_image": pointwise_macs(spec), "model_macs_per_image": model_macs(spec),
+                    "results": ceiling_rows, "skipped": ceiling_skipped},
     }
     report["targets"] = target_checks(rows, fid, stream, prep)
     report["total_s"] = time.perf_counter() - started

@@ -1,6 +1,7 @@
 """test/benchmark.py --quick: it runs, and its numbers agree with each other (never a speed assertion)."""
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,8 @@ from conftest import run_script
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6)
+    result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
+                        "--scenarios", "SingleStream,Offline", "--profile", "openvino-int8")
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads((out / "benchmark.json").read_text()), result
 
@@ -77,6 +79,112 @@ def test_unknown_configuration_is_refused_in_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_loadgen_singlestream_and_offline_are_valid_with_their_logs(quick_report):
+    out, report, _ = quick_report
+    runs = {(r["config"], r["scenario"]): r for r in report["loadgen"]}
+    measured = {r["config"] for r in report["results"]}
+    assert set(runs) == {(c, s) for c in measured for s in ("SingleStream", "Offline")}
+    table = (out / "benchmark.md").read_text()
+    for (config, scenario), run in runs.items():
+        assert run["result"] == "VALID", run
+        folder = out / "loadgen" / config / scenario
+        summary = (folder / "mlperf_log_summary.txt").read_text()
+        assert (folder / "mlperf_log_detail.txt").is_file() and "Result is : VALID" in summary
+        assert f"Scenario : {scenario}" in summary
+        for key, value in run["figures"].items():  # exactly as LoadGen printed them
+            assert f"{key} : {value}" in summary or f"{key}: {value}" in summary
+            assert f"{key}: {value}" in table
+        figure = "90.0th percentile latency (ns)" if scenario == "SingleStream" else "Samples per second"
+        assert float(run["figures"][figure]) > 0
+    best_batch = {c: max((r for r in report["results"] if r["config"] == c),
+                         key=lambda r: r["throughput_images_per_s"])["batch_size"] for c in measured}
+    assert all(runs[(c, "Offline")]["settings"]["batch_size"] == best_batch[c] for c in measured)
+
+
+def test_the_cpu_is_named_with_its_flags(quick_report):
+    _, report, _ = quick_report
+    machine = report["machine"]
+    assert machine["vendor"] and machine["family"] and machine["model"]
+    assert machine["logical_cpus"] >= 1 and isinstance(machine["flags"], list)
+    assert all(flag in machine["cpu"] for flag in machine["flags"])
+    assert all(r["load_average_1min_before"] >= 0 and r["load_average_1min_after"] >= 0 for r in report["results"])
+
+
+def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, small_model, photo_folder):
+    """Server: each bisection step's logs are kept and the chosen one's copied up; AccuracyOnly: the logged
+    logits give the top-1 that preprocess -> infer -> convmixer_eval_acc.py gives on the same photos."""
+    import torch
+    from convmixer_suite.transform import EvalTransform, list_images, load_batch
+    paths, _ = list_images(photo_folder)
+    with torch.no_grad():
+        logits = small_model(torch.from_numpy(load_batch(paths, EvalTransform())[0])).numpy()
+    labels = tmp_path / "val_label.txt"  # four labels as predicted, the rest another class: top-1 is not 0 or 1
+    labels.write_text("".join(f"{p.name} {int(row.argmax()) if i < 4 else int(row.argsort()[-3])}\n"
+                              for i, (p, row) in enumerate(zip(paths, logits))))
+    out = tmp_path / "bench"
+    result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
+                        "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "Server",
+                        "--server-steps", 2, "--loadgen-accuracy", "--images", photo_folder, "--labels", labels,
+                        "--prep-images", 4, "--stream-images", 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "benchmark.json").read_text())
+    for run in report["loadgen"]:
+        assert run["scenario"] == "Server" and 1 <= len(run["bisection"]) <= 2
+        folder = out / "loadgen" / run["config"] / "Server"
+        assert (folder / "mlperf_log_summary.txt").read_text() == \
+            (Path(run["chosen_step_dir"]) / "mlperf_log_summary.txt").read_text()
+        qps = [step["target_qps"] for step in run["bisection"]]
+        assert run["settings"]["server_target_qps"] in qps
+        assert run["latency_bound_met"] == any(s["performance_constraints_satisfied"] == "Yes"
+                                               for s in run["bisection"])
+    onnx = next((out / "work").glob("convmixer_*.onnx"))
+    prep, outputs = tmp_path / "prep", tmp_path / "outputs"
+    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", prep, "--batch-size", 1,
+               check=True)
+    run_script("convmixer_infer.py", "--model", onnx, "--input", prep, "--output", outputs, check=True)
+    run_script("convmixer_eval_acc.py", "--folder-davinci-target", outputs, "--annotation-file-path", labels,
+               "--result-json-path", tmp_path, "--json-file-name", "acc.json", "--batch-size", 1, check=True)
+    top1 = json.loads((tmp_path / "acc.json").read_text())
+    expected = next(v["value"] for v in top1["value"] if v["key"] == "Top1 accuracy")
+    accuracy = {r["config"]: r for r in report["loadgen_accuracy"]}
+    assert set(accuracy) == {"torch-fp32", "onnxruntime-fp32"}
+    for run in accuracy.values():
+        assert run["num_images"] == len(paths)
+        assert f"{100 * run['top1']:.2f}%" == expected
+        assert (Path(run["log_dir"]) / "mlperf_log_accuracy.json").is_file()
+
+
+def test_each_onnx_configuration_has_its_ceiling_timed_in_the_same_run(quick_report):
+    out, report, _ = quick_report
+    ceiling = {(r["config"], r["batch_size"]): r for r in report["ceiling"]["results"]}
+    table = (out / "benchmark.md").read_text()
+    assert "efficiency" in table and report["ceiling"]["what"] in table
+    for r in report["results"]:
+        if r["config"] == "torch-fp32":  # no ceiling model in PyTorch eager
+            assert r["efficiency"] is None
+            continue
+        c = ceiling[("ceiling:" + r["config"], r["batch_size"])]
+        assert c["iterations"] == r["iterations"] and c["precision"] == r["precision"]
+        assert r["ceiling_ms"] == c["latency_ms"]["p50"]
+        assert r["efficiency"] == pytest.approx(c["latency_ms"]["p50"] / r["latency_ms"]["p50"])
+        assert f"| {r['efficiency']:.2f} |" in next(line for line in table.splitlines()
+                                                   if line.startswith(f"| {r['config']}") and
+                                                   f" | {r['batch_size']} | {r['latency_ms']['p50']:.1f} | " in line)
+
+
+def test_the_profile_sums_the_runtimes_own_counters(quick_report):
+    out, report, _ = quick_report
+    if "openvino-int8" in report["skipped"]:
+        pytest.skip("openvino/nncf not installed")
+    profile = report["profile"]
+    assert profile["config"] == "openvino-int8" and profile["nodes"]
+    kinds = {n["node_type"] for n in profile["nodes"]}
+    assert {"Convolution", "GroupConvolution"} <= kinds  # pointwise and depthwise layers, as OpenVINO names them
+    assert all(n["ms"] >= 0 and n["nodes"] >= 1 for n in profile["nodes"])
+    assert "Layer-by-layer profile of openvino-int8" in (out / "benchmark.md").read_text()
+
+
+# last: it overwrites the quick report's files
 def test_a_rerun_reuses_the_cached_models_and_calibration(quick_report):
     out, first, _ = quick_report
     work_files = sorted(p.name for p in (out / "work").rglob("*") if p.is_file())

@@ -1,0 +1,132 @@
+"""The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
+bisection's logic, the accuracy log read back), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
+the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from convmixer_suite import loadgen_harness as lh
+from convmixer_suite.cli import UserError
+from convmixer_suite.cpu_info import describe_cpu, parse_cpuinfo
+
+SUMMARY = """================================================
+MLPerf Results Summary
+================================================
+SUT name : PySUT
+Scenario : Server
+Completed samples per second    : 92.77
+Result is : INVALID
+  Performance constraints satisfied : Yes
+  Early stopping satisfied: NO
+ * Processed 21 queries.
+99.00 percentile latency (ns)   : 3817549
+"""
+
+
+def test_summary_values_are_kept_as_printed(tmp_path):
+    path = tmp_path / "mlperf_log_summary.txt"
+    path.write_text(SUMMARY)
+    summary = lh.read_summary(path)
+    assert summary["Result is"] == "INVALID" and summary["Completed samples per second"] == "92.77"
+    assert summary["Performance constraints satisfied"] == "Yes"
+    assert summary["99.00 percentile latency (ns)"] == "3817549"
+    assert not any(key.startswith("*") for key in summary)
+    with pytest.raises(UserError, match="no summary"):
+        lh.read_summary(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("capacity", [0.5, 3.3, 7.9, 12.0])
+def test_server_bisection_finds_the_highest_passing_qps(capacity):
+    def run_at(qps, step):
+        ok = "Yes" if qps <= capacity else "NO"
+        return SimpleNamespace(summary={lh.PERFORMANCE_CONSTRAINTS: ok}, qps=qps)
+    best, runs = lh.find_server_qps(run_at, 0.0, 10.0, 6)
+    tried = [r.qps for r in runs]
+    if capacity >= 10:
+        assert tried == [10.0] and best.qps == 10.0
+        return
+    assert len(runs) == 6
+    passing = [q for q in tried if q <= capacity]
+    assert (best.qps if best else None) == (max(passing) if passing else None)
+    assert capacity - 10.0 / 2 ** 5 <= (best.qps if best else 0.0) <= capacity
+
+
+def test_accuracy_log_is_read_back_by_sample_index(tmp_path):
+    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
+    entries = [{"seq_id": i, "qsl_idx": idx, "data": logits[idx].tobytes().hex().upper()}
+               for i, idx in enumerate([2, 0, 1])]
+    (tmp_path / "mlperf_log_accuracy.json").write_text(json.dumps(entries))
+    np.testing.assert_array_equal(lh.accuracy_logits(tmp_path, 3), logits)
+    with pytest.raises(UserError, match=r"samples \[3\]"):
+        lh.accuracy_logits(tmp_path, 4)
+
+
+def test_offline_expectation_and_server_bound_in_loadgen_settings():
+    lg = pytest.importorskip("mlperf_loadgen")
+    settings = lh.LoadGenSettings(min_duration_ms=300, min_query_count=64)
+    ts = lh.test_settings(lg, "Server", settings, latency_ms=20.0, throughput_qps=40.0, server_qps=30.0)
+    assert ts.server_target_latency_ns == 60_000_000 and ts.server_target_qps == 30.0
+    assert ts.offline_expected_qps == pytest.approx(60.0) and ts.single_stream_expected_latency_ns == pytest.approx(20e6 / 1.5, abs=1)
+    assert ts.min_duration_ms == 300 and ts.min_query_count == 64
+
+
+def test_cpuinfo_is_parsed_with_the_speed_flags():
+    text = ("processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+            "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_int8\n"
+            "processor\t: 1\nvendor_id\t: Other\n")
+    info = parse_cpuinfo(text)
+    assert (info["vendor"], info["family"], info["model"]) == ("GenuineIntel", "6", "143")
+    assert info["flags"] == ["avx2", "avx512f", "avx512_bf16", "amx_int8", "amx_tile"]
+    line = describe_cpu({**info, "logical_cpus": 2})
+    assert "family 6, model 143" in line and "amx_tile" in line and "no AMX" not in line
+    assert "no AMX" in describe_cpu({**parse_cpuinfo("flags : avx2"), "logical_cpus": 2})
+
+
+def test_ceiling_model_is_the_pointwise_chain_and_its_work_is_counted(tmp_path):
+    import onnxruntime as ort
+    from convmixer_net import ARCHS, ArchSpec
+    from convmixer_suite import ceiling
+    full = ARCHS["convmixer_1536_20"]
+    assert ceiling.ceiling_input_shape(full) == (1536, 32, 32)
+    assert ceiling.pointwise_macs(full) == 20 * 1536 * 1536 * 1024  # ~48.3 GMAC
+    assert 50.5e9 < ceiling.model_macs(full) < 51.5e9               # ~102 GFLOP an image with the depthwise
+    assert ceiling.gops(10**9, 2, 4.0) == pytest.approx(1000.0)      # 2 GOP per GMAC, 2 images in 4 ms
+    spec = ArchSpec("convmixer_8_3_ks3_p28", 8, 3, 3, 28)
+    path = ceiling.build_pointwise_onnx(spec, tmp_path / "pw.onnx")
+    import onnx
+    from onnx import numpy_helper
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    x = ceiling.ceiling_input(spec, 2)
+    assert x.shape == (2, 8, 8, 8)
+    expected = x
+    for i in range(3):
+        w, b = weights[f"pw{i}.weight"][:, :, 0, 0], weights[f"pw{i}.bias"]
+        expected = np.einsum("oc,nchw->nohw", w, expected) + b[None, :, None, None]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_efficiency_is_ceiling_time_over_model_time():
+    from convmixer_net import ARCHS
+    from convmixer_suite.ceiling import efficiency_rows, model_macs
+    spec = ARCHS["convmixer_1536_20"]
+    rows = [{"config": "a", "batch_size": 1, "latency_ms": {"p50": 100.0, "mean": 180.0}},
+            {"config": "b", "batch_size": 4, "latency_ms": {"p50": 400.0, "mean": 400.0}}]
+    efficiency_rows(rows, {("a", 1): 55.0}, spec)
+    assert rows[0]["efficiency"] == pytest.approx(0.55) and rows[0]["ceiling_ms"] == 55.0
+    assert rows[0]["model_gops"] == pytest.approx(2 * model_macs(spec) / 100e6)
+    assert rows[1]["efficiency"] is None and rows[1]["ceiling_gops"] is None
+
+
+def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
+    from convmixer_suite.backends import create_backend
+    from convmixer_suite.profiling import profile_backend, profile_markdown
+    backend = create_backend("onnxruntime", small_onnx)
+    rows = profile_backend(backend, np.zeros((1, 3, 224, 224), np.float32), runs=2)
+    assert rows and all(r["ms"] >= 0 for r in rows)
+    assert [r["ms"] for r in rows] == sorted((r["ms"] for r in rows), reverse=True)
+    assert any(r["node_type"] in ("Conv", "FusedConv") for r in rows)
+    table = profile_markdown("onnxruntime-fp32", rows)
+    assert table[0].startswith("Layer-by-layer profile of onnxruntime-fp32") and len(table) == 4 + min(len(rows), 15)
