@@ -147,3 +147,8 @@ def test_compare_runs_lists_the_images_whose_top1_changed(tmp_path, small_onnx, 
     assert same.returncode == 0 and "top-1 agreement: 100.00%" in same.stdout
     missing = run_script("test/compare_runs.py", tmp_path / "a", records_b)
     assert missing.returncode == 2 and "no per-image records" in missing.stderr
+    corrupt = sorted(records_b.glob("part-*.jsonl"))[0]
+    corrupt.write_text(corrupt.read_text()[:-20])  # a part cut short (as by a full disk)
+    broken = run_script("test/compare_runs.py", result_a, records_b)
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert broken.stderr.strip().count("\n") == 0 and f"{corrupt}: unreadable record file" in broken.stderr
