@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -79,11 +80,24 @@ def connect(ray, address) -> None:
     if address is None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
         return
+    check_reachable(address)
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})") \
             from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a HOST:PORT where nothing listens: Ray itself would wait minutes for a cluster that is not there."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto": Ray looks up the running cluster itself and says so at once when there is none
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
+                        f"start one with: ray start --head --port={port}") from None
 
 
 @dataclass

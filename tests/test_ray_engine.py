@@ -215,3 +215,14 @@ def test_one_cpu_replica_per_node_by_default():
     plan = plan_replicas({"CPU": 8}, 4, None, None, None)
     assert (plan.replicas, plan.threads, plan.decode_cpus) == (4, None, 1.0)
     assert plan.num_cpus == 1.0
+
+
+def test_an_address_where_no_cluster_listens_is_one_line_at_once(tmp_path, small_onnx, photo_folder, labelled):
+    pytest.importorskip("ray")
+    port = free_port()  # closed again: nothing listens there
+    started = time.monotonic()
+    result = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "out", "--engine", "ray",
+                         "--ray-address", f"127.0.0.1:{port}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in result.stderr.strip().splitlines()[-1]
+    assert time.monotonic() - started < 60  # Ray alone waits minutes
