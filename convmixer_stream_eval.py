@@ -35,6 +35,13 @@ from convmixer_suite.transform import list_images
 TOPK = 5
 
 
+def positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help=".onnx (onnxruntime, openvino) or a checkpoint (torch)")
@@ -65,10 +72,14 @@ def parse_args(argv):
     p.add_argument("--replicas", type=positive_int, default=None,
                    help="ray engine: model replicas (default: one per GPU/NPU Ray sees for --device cuda:N/NPU id, "
                         "else one per node, using its cores)")
+    p.add_argument("--stall-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                   help="ray engine: stop with one line, keeping the records for a rerun, when no batch completes "
+                        "for this long (default: 20 times the slowest batch so far, at least 300; the first "
+                        "batch, which waits for the start-up, at least 300 whatever is given)")
     args = p.parse_args(argv)
     if args.engine != "ray":
-        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--replicas", args.replicas))
-                 if value is not None]
+        given = [flag for flag, value in (("--ray-address", args.ray_address), ("--replicas", args.replicas),
+                                          ("--stall-timeout", args.stall_timeout)) if value is not None]
         if given:
             p.error(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --engine ray")
     elif args.workers is not None:
@@ -97,7 +108,8 @@ def run_engine(args, job: EvalJob, store: RecordStore, bar) -> tuple:
     log = (lambda line: print(line, flush=True))
     if args.engine == "ray":
         from convmixer_suite import ray_engine
-        return ray_engine.evaluate(job, store, args.ray_address, args.replicas, announce, log, bar)
+        return ray_engine.evaluate(job, store, args.ray_address, args.replicas, announce, log, bar,
+                                   stall_timeout_s=args.stall_timeout)
     return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar)
 
 

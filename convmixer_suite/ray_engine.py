@@ -1,30 +1,42 @@
 """The streaming evaluation on Ray Data: model replicas on this machine's cores, its GPUs or NPUs, or a cluster's.
 
-The pipeline, one Ray Data dataset streamed to the driver:
+The pipeline, one Ray Data dataset streamed to the driver, one row per model batch throughout:
 
-1. ``read_binary_files`` reads the image files still to run (a path on a shared file system, or any URI pyarrow
-   reads, works on every node), one file per block;
-2. ``decode_images`` tasks decode them and apply the eval transform (``transform.py``, byte for byte the local
-   engine's), leaving a bad image as a zero row and its error;
-3. an actor pool of ``Replica`` (one backend each, loaded once) runs the model on batches of ``batch_size`` rows,
-   which Ray Data forms from the one-row blocks in order (``preserve_order``), so the batches are the local
-   engine's: sorted images, the last one padded with zero rows;
-4. the driver takes the rows in order, checks that each batch came back whole, and hands a ``BatchResult`` per
-   batch to ``stream.record_results``, which logs, records and times it as for the local engine.
+1. the driver lists the batches still to run (``from_items``: a batch's index and its image paths), cut into
+   blocks of several batches (``override_num_blocks``; about ``BLOCK_IMAGES`` images a block), in run order;
+2. ``decode_block`` tasks, spread over every node, read and decode a block's images with the local engine's own
+   code (``transform.load_batch``): each batch becomes one row holding its whole [batch_size,3,224,224] array,
+   padded with zero rows as the local engine pads it, and its bad images (path on a shared file system: the same
+   path on every node, as for the model);
+3. an actor pool of ``Replica`` (one backend each, loaded once) runs the model on one row per call
+   (``batch_size=1``): a batch can never be cut across model calls, and comes back as one row of top-k results;
+4. the driver takes the rows in order (``preserve_order``), checks each is the batch that was due, and hands a
+   ``BatchResult`` per batch to ``stream.record_results``, which logs, records and times it as for the local
+   engine. A row that is not the batch due stops the run with one line; so does a stall (``StallWatch``): no
+   batch for ``--stall-timeout`` seconds, naming the resources Ray still waits for. The records written until
+   then stay for the rerun.
 
-Resources: a replica takes one GPU (``num_gpus``) for ``--device cuda:N``/``tensorrt:N``/``gpu.N``, one NPU
-(Ray's ``NPU`` resource, which sets ``ASCEND_RT_VISIBLE_DEVICES``) for an NPU id, else a share of the CPUs. Ray
-schedules by declared CPUs: replicas declare fractions that leave ``decode_cpus`` free, so decode tasks always
-have room (two replicas of one CPU each on two cores would leave none, and the run would hang).
+Resources (``plan_replicas``, per node from ``ray.nodes()``): a replica takes one GPU (``num_gpus``) for
+``--device cuda:N``/``tensorrt:N``/``gpu.N``, one NPU (Ray's ``NPU`` resource, which sets
+``ASCEND_RT_VISIBLE_DEVICES``) for an NPU id, and declares ``REPLICA_CPUS`` of a CPU: its threads share the
+node's cores with the decode tasks, as the local engine's model shares them with its decode workers (a replica
+that declared a whole CPU would leave one decode task on a 2-core node where the local engine runs two). Decode
+tasks declare just under one CPU each, so that every node runs one per core beside the replicas it may host;
+a node that would host replicas with no room to decode beside them is refused before anything runs.
 
-Fault tolerance is Ray's: Ray Data restarts a replica whose process dies (``max_restarts``) and retries its
-batches (``max_task_retries``).
+Fault tolerance is Ray's: Ray Data restarts a replica whose process or node dies (``max_restarts``), retries
+its batch (``max_task_retries``), and runs again the decode tasks whose output was lost with a node.
 """
 import dataclasses
+import importlib.util
+import json
 import logging
+import math
 import os
+import queue
 import re
 import socket
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,21 +44,28 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.backends import IMAGE_SHAPE, parse_device
+import convmixer_suite
+from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
 from convmixer_suite.scoring import top_k
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.transform import EvalTransform, load_batch
 
 INSTALL_HINT = "--engine ray needs Ray Data, which is not installed; install it with: pip install -r requirements-dist.txt"
-REPO = Path(__file__).resolve().parent.parent
 # "0" makes Ray treat this as a single-machine instance: its processes talk over 127.0.0.1 only.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Tests only: a marker file's path. The first replica call that finds no marker creates it and ends its own
 # process, as a crashed replica would; Ray must restart the replica and run the batch again.
 FAULT_ENV = "CONVMIXER_TEST_REPLICA_EXIT_ONCE"
+# Tests only: "MARKER:K". The replica that gets batch K while no MARKER exists creates it and never returns.
+HANG_ENV = "CONVMIXER_TEST_REPLICA_HANG_ONCE"
 # A replica whose process dies is restarted, and its batch retried, this many times before the run fails.
 REPLICA_RESTARTS = 5
+REPLICA_CPUS = 0.01  # what a replica declares: enough to keep CPU replicas off nodes without CPUs
+MIN_DECODE_CPUS = 0.5  # a node that hosts replicas keeps at least this for one decode task
+BLOCK_IMAGES = 128  # images a decode task reads and decodes in one go (about a second of one core)
+MIN_STALL_S = 300.0  # the default stall timeout is never shorter
+STALL_BATCHES = 20  # ... and at least this many times the slowest batch seen so far
 
 
 def import_ray(address=None):
@@ -66,19 +85,25 @@ def import_ray(address=None):
     return ray
 
 
+def runtime_env() -> dict:
+    """What every worker gets: this suite's code through Ray (``py_modules``: uploaded once to the cluster, so a
+    node needs neither the repository nor the package installed; the images and the model must still be at the
+    same path on every node), and the tests' fault markers."""
+    env_vars = {name: os.environ[name] for name in (FAULT_ENV, HANG_ENV) if os.environ.get(name)}
+    net = importlib.util.find_spec("convmixer_net").origin  # its path: importing it would import torch here
+    return {"py_modules": [convmixer_suite, net], "env_vars": env_vars}
+
+
 def connect(ray, address) -> None:
     """Start Ray on this machine (``address`` None) or join the cluster at ``address`` (``auto`` or HOST:PORT).
 
-    Workers import this repository's modules from the path the driver has, so every node needs the repository at
-    the same path (a shared file system, as for the images). Worker output stays in Ray's logs: the driver's stdout
-    is an msame log that test/parse.py reads.
+    Worker output stays in Ray's logs: the driver's stdout is an msame log that test/parse.py reads.
     """
-    env_vars = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    if os.environ.get(FAULT_ENV):
-        env_vars[FAULT_ENV] = os.environ[FAULT_ENV]
-    options = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env={"env_vars": env_vars})
+    options = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env())
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **options)
+        # Ray runs its workers at nice 15 by default; here they are the evaluation itself (as the local engine's
+        # decode processes are), not background work to yield to whatever else runs on the machine.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config={"worker_niceness": 0}, **options)
         return
     check_reachable(address)
     try:
@@ -100,20 +125,27 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                         f"start one with: ray start --head --port={port}") from None
 
 
+def alive_nodes(ray) -> list:
+    """Every live node's id and resources (``ray.nodes()``), as plan_replicas takes them."""
+    return [{"id": node["NodeID"], **node.get("Resources", {})} for node in ray.nodes() if node.get("Alive")]
+
+
 @dataclass
 class ReplicaPlan:
-    """How many model replicas, what each declares to Ray, and the device and threads each backend gets."""
+    """How many model replicas, what each declares to Ray, the device and threads each backend gets, and the
+    decode tasks each node runs at once beside the replicas it hosts."""
     replicas: int
-    num_cpus: float
     decode_cpus: float
+    decode_slots: dict  # node id -> decode tasks at once
+    num_cpus: float = REPLICA_CPUS
     num_gpus: float = 0
     resources: dict = field(default_factory=dict)
     device: "str | None" = None
     threads: "int | None" = None
 
-    def decode_slots(self, cpus: float) -> int:
-        """Decode tasks that can run beside the replicas on ``cpus`` CPUs."""
-        return max(1, int((cpus - self.replicas * self.num_cpus) // self.decode_cpus))
+    @property
+    def decode_tasks(self) -> int:
+        return sum(self.decode_slots.values())
 
     def remote_args(self) -> dict:
         args = {"num_cpus": self.num_cpus, "max_restarts": REPLICA_RESTARTS, "max_task_retries": REPLICA_RESTARTS}
@@ -124,73 +156,85 @@ class ReplicaPlan:
         return args
 
     def describe(self) -> str:
-        where = ("1 GPU" if self.num_gpus else "1 NPU" if self.resources else f"{self.num_cpus:g} CPU")
-        threads = self.threads or ("the node's cores" if where.endswith("CPU") else "runtime default")
-        return (f"{self.replicas} replica{'s' if self.replicas > 1 else ''} of {where} each "
-                f"(device {self.device or 'cpu'}, threads {threads}); "
-                f"decode tasks of {self.decode_cpus:g} CPU")
+        where = "1 GPU" if self.num_gpus else "1 NPU" if self.resources else "the node's cores"
+        threads = self.threads or ("the node's cores" if where.endswith("cores") else "runtime default")
+        nodes = len(self.decode_slots)
+        return (f"{self.replicas} replica{'s' if self.replicas > 1 else ''} on {where} each "
+                f"(device {self.device or 'cpu'}, threads {threads}); {self.decode_tasks} decode tasks of "
+                f"{self.decode_cpus:g} CPU at once on {nodes} node{'s' if nodes > 1 else ''}")
 
 
 def round_down(value: float) -> float:
     """Ray counts resources in units of 1/10000."""
-    return int(value * 10000) / 10000
+    return math.floor(value * 10000) / 10000
 
 
-def plan_replicas(cluster: dict, nodes: int, replicas, device, threads) -> ReplicaPlan:
-    """Replicas and their resources from what the cluster has (``ray.cluster_resources()``) and the flags.
+def plan_replicas(nodes: list, replicas, device, threads) -> ReplicaPlan:
+    """Replicas and their resources from each live node's resources (``alive_nodes``) and the flags.
 
-    Default replicas: one per accelerator of the asked kind, else one per node. The CPUs replicas declare leave
-    ``decode_cpus`` (one, or half a one-CPU cluster) for decode tasks, so that the pipeline cannot stall.
+    Default replicas: one per accelerator of the asked kind, else one per node with CPUs. Ray places replicas
+    itself, so each node is planned for the most replicas it could get (all CPU replicas; as many accelerator
+    replicas as it has accelerators): decode tasks declare what leaves one per core (at most one CPU each)
+    beside those, so decoding can never be starved on any node. A node that could host a replica but not keep
+    ``MIN_DECODE_CPUS`` beside it is refused with one line naming it.
     """
     kind, _ = parse_device(device)
-    cpus = float(cluster.get("CPU", 0))
-    if cpus <= 0:
-        raise UserError("the Ray cluster has no CPUs for decode tasks")
-    decode_cpus = round_down(min(1.0, cpus / 2))
     accelerator = {"cuda": "GPU", "tensorrt": "GPU", "gpu": "GPU", "npu": "NPU"}.get(kind)
+    cpus = {node["id"]: float(node.get("CPU", 0)) for node in nodes}
+    if not any(cpus.values()):
+        raise UserError("the Ray cluster has no CPUs for decode tasks")
     if accelerator:
-        available = int(cluster.get(accelerator, 0))
+        hosts = {node["id"]: int(node.get(accelerator, 0)) for node in nodes if node.get(accelerator, 0) >= 1}
+        available = sum(hosts.values())
         if available < 1:
             raise UserError(f"--device {device}: the Ray cluster has no {accelerator} resource "
                             f"(start Ray on a machine with one, or use --device cpu)")
         replicas = replicas or available
         if replicas > available:
             raise UserError(f"--replicas {replicas}: the Ray cluster has {available} {accelerator}s, one per replica")
-    replicas = replicas or nodes
-    num_cpus = round_down(min(1.0, (cpus - decode_cpus) / replicas))
-    if num_cpus <= 0:
-        raise UserError(f"--replicas {replicas}: too many for the {cpus:g} CPUs of the Ray cluster")
-    plan = ReplicaPlan(replicas, num_cpus, decode_cpus)
+        most = {node: min(replicas, count) for node, count in hosts.items()}
+    else:
+        hosts = [node for node, n in cpus.items() if n >= REPLICA_CPUS]
+        replicas = replicas or len(hosts)
+        most = {node: replicas for node in hosts}
+    room = {node: cpus[node] - most.get(node, 0) * REPLICA_CPUS for node in cpus}
+    for node in most:
+        if room[node] < MIN_DECODE_CPUS:
+            raise UserError(f"Ray node {node[:12]} ({cpus[node]:g} CPUs) could host {most[node]} replica"
+                            f"{'s' if most[node] > 1 else ''} but would keep under {MIN_DECODE_CPUS:g} CPU to decode "
+                            f"beside {'them' if most[node] > 1 else 'it'}: give it more CPUs (ray start --num-cpus) "
+                            f"or ask for fewer --replicas")
+    decode_cpus = round_down(min([1.0] + [room[node] / max(1, math.floor(cpus[node])) for node in most]))
+    plan = ReplicaPlan(replicas, decode_cpus, {node: int(room[node] // decode_cpus) for node in cpus
+                                               if room[node] >= decode_cpus})
     if accelerator == "GPU":
         plan.num_gpus, plan.device = 1, f"{kind}{'.' if kind == 'gpu' else ':'}0"  # Ray sets the visible GPU
     elif accelerator == "NPU":
         plan.resources, plan.device = {"NPU": 1}, "0"  # Ray sets ASCEND_RT_VISIBLE_DEVICES to the replica's NPU
-    if threads is None and not accelerator and replicas > nodes:
-        threads = max(1, int(cpus // replicas))  # several CPU replicas on a node share its cores
+    if threads is None and not accelerator and replicas > len(hosts):
+        per_node = -(-replicas // len(hosts))  # several CPU replicas on a node share its cores
+        threads = max(1, int(min(cpus[node] for node in hosts) // per_node))
     plan.threads = threads
     return plan
 
 
-def decode_images(batch: dict, transform: dict) -> dict:
-    """Ray Data task: file bytes -> eval-transformed images; a bad image becomes a zero row and its error."""
+def decode_block(block: dict, batch_size: int, transform: dict) -> dict:
+    """Ray Data task: a block's batches (index and image paths) -> one row per batch with its whole padded
+    array (the local engine's ``load_batch``), its bad images as JSON {row: message}, and the seconds it took."""
     tf = EvalTransform.from_dict(transform)
-    paths = [str(p) for p in batch["path"]]
-    images = np.zeros((len(paths),) + tf.output_shape, dtype=np.float32)
-    errors, seconds = [], []
-    for i, (path, data) in enumerate(zip(paths, batch["bytes"])):
+    images, bad, seconds = [], [], []
+    for paths in block["paths"]:
         started = time.perf_counter()
-        try:
-            images[i] = tf(load_rgb(path, data=bytes(data)))
-            errors.append("")
-        except UserError as exc:
-            errors.append(str(exc))
+        batch, bad_rows = load_batch([str(p) for p in paths], tf, rows=batch_size, skip_bad=True)
+        images.append(batch)
+        bad.append(json.dumps({row: message for row, _, message in bad_rows}))
         seconds.append(time.perf_counter() - started)
-    return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object),
-            "decode_s": np.array(seconds)}
+    return {"k": block["k"], "n": np.array([len(paths) for paths in block["paths"]]), "image": np.stack(images),
+            "bad": np.array(bad, dtype=object), "decode_s": np.array(seconds)}
 
 
 class Replica:
-    """Ray Data actor: one backend, loaded once; runs the model on one batch per call (padded to batch_size)."""
+    """Ray Data actor: one backend, loaded once; runs the model on one whole batch (one row) per call."""
 
     def __init__(self, job: EvalJob, device, threads):
         import ray
@@ -199,74 +243,139 @@ class Replica:
             # takes as its default: a CPU replica that is alone on its node uses the node's cores instead.
             threads = os.cpu_count()
         self.backend = job.load_backend(device=device, threads=threads)
-        self.batch_size, self.topk = job.batch_size, job.topk
-        self.name = f"pid {os.getpid()} on {ray.util.get_node_ip_address()}"
+        self.topk = job.topk
+        context = ray.get_runtime_context()
+        self.name = f"pid {os.getpid()} on node {context.get_node_id()[:12]} ({ray.util.get_node_ip_address()})"
 
-    def __call__(self, batch: dict) -> dict:
-        exit_once_for_test()
-        n = len(batch["path"])
-        images = np.zeros((self.batch_size,) + IMAGE_SHAPE, dtype=np.float32)
-        images[:n] = batch["image"]
+    def __call__(self, row: dict) -> dict:
+        k, n = int(row["k"][0]), int(row["n"][0])
+        exit_or_hang_for_test(k)
         started = time.perf_counter()
-        logits = self.backend.predict(images)
+        logits = self.backend.predict(row["image"][0])
         latency_ms = (time.perf_counter() - started) * 1000.0
-        classes, scores = top_k(logits[:n], self.topk)
-        return {"path": batch["path"], "error": batch["error"], "decode_s": batch["decode_s"], "classes": classes,
-                "scores": scores, "num_classes": np.full(n, logits.shape[1]), "latency_ms": np.full(n, latency_ms),
-                "replica": np.array([self.name] * n, dtype=object)}
+        classes, scores = top_k(logits[:n], self.topk, source=f"batch {k}")
+        return {"k": row["k"], "n": row["n"], "classes": classes[None], "scores": scores[None],
+                "num_classes": [logits.shape[1]], "latency_ms": [latency_ms], "bad": row["bad"],
+                "decode_s": row["decode_s"], "replica": np.array([self.name], dtype=object)}
 
 
-def exit_once_for_test() -> None:
+def exit_or_hang_for_test(k: int) -> None:
+    """The tests' faults (FAULT_ENV, HANG_ENV): nothing unless they are set."""
     marker = os.environ.get(FAULT_ENV)
-    if marker:
-        try:
-            with open(marker, "x"):
-                pass
-        except FileExistsError:
-            return
+    if marker and create_marker(marker):
         os._exit(1)
+    marker, _, hang_k = os.environ.get(HANG_ENV, "").rpartition(":")
+    if marker and int(hang_k) == k and create_marker(marker):
+        time.sleep(24 * 3600)
+
+
+def create_marker(path) -> bool:
+    try:
+        with open(path, "x"):
+            return True
+    except FileExistsError:
+        return False
 
 
 def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
-    paths = [str(job.paths[i]) for k in job.batches
-             for i in range(k * job.batch_size, min((k + 1) * job.batch_size, len(job.paths)))]
+    """The job's pending batches -> decode tasks -> replicas, as the module docstring describes: blocks of
+    about BLOCK_IMAGES images, but at least two blocks per decode task that can run at once."""
+    bs = job.batch_size
+    items = [{"k": k, "paths": [str(p) for p in job.paths[k * bs:(k + 1) * bs]]} for k in job.batches]
+    batches_per_block = max(1, min(-(-BLOCK_IMAGES // bs), len(items) // (2 * plan.decode_tasks)))
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # batches in run order, cut as the local engine cuts them
+    context.execution_options.preserve_order = True  # rows come back in run order
     context.enable_progress_bars = False  # the driver shows its own (tqdm on stderr)
     context.print_on_execution_start = False
-    files = ray.data.read_binary_files(paths, include_paths=True, override_num_blocks=len(paths),
-                                       num_cpus=plan.decode_cpus)
-    decoded = files.map_batches(decode_images, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                fn_kwargs={"transform": EvalTransform().to_dict()})
-    # Decoding runs in tasks of its own, fused with the reads, never inside the replicas: Ray Data fuses a task
-    # into the next operator only when their remote arguments match, and the replicas' restart options differ.
+    # Ray Data's default reservation held decoding to one task at a time on 2 CPUs (docs/ray.md)
+    context.op_resource_reservation_enabled = False
+    listed = ray.data.from_items(items, override_num_blocks=-(-len(items) // batches_per_block))
+    decoded = listed.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
+                                 fn_kwargs={"batch_size": bs, "transform": EvalTransform().to_dict()})
+    # Decoding runs in tasks of its own, never inside the replicas: Ray Data fuses a task into the next operator
+    # only when their remote arguments match, and the replicas' differ.
     runtime = dataclasses.replace(job, paths=[], names=[], labels=[], batches=[],  # what a replica needs
                                   model=str(Path(job.model).resolve()),  # replicas run in other folders
                                   calib=str(Path(job.calib).resolve()) if job.calib else None)
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts and max_task_retries
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        return decoded.map_batches(Replica, batch_size=job.batch_size, batch_format="numpy",
+        return decoded.map_batches(Replica, batch_size=1, batch_format="numpy",
                                    compute=ray.data.ActorPoolStrategy(size=plan.replicas),
                                    fn_constructor_kwargs={"job": runtime, "device": plan.device,
                                                           "threads": plan.threads},
                                    **plan.remote_args())
 
 
-def batch_results(rows, job: EvalJob):
-    """The dataset's rows, in order, regrouped into one BatchResult per batch of the job."""
-    rows = iter(rows)
-    bs = job.batch_size
+class StallWatch:
+    """How long the driver waits for the next batch: ``timeout_s`` when given, else the longer of MIN_STALL_S
+    and STALL_BATCHES times the slowest batch so far. The first batch waits for the start-up too (worker
+    processes, replicas loading the model): at least MIN_STALL_S whatever ``timeout_s``."""
+
+    def __init__(self, timeout_s=None):
+        self.fixed_s = timeout_s
+        self.slowest_s = None
+
+    def saw_batch(self, latency_ms: float) -> None:
+        self.slowest_s = max(self.slowest_s or 0.0, latency_ms / 1000.0)
+
+    @property
+    def timeout_s(self) -> float:
+        if self.slowest_s is None:
+            return max(MIN_STALL_S, self.fixed_s or 0.0)
+        return self.fixed_s or max(MIN_STALL_S, STALL_BATCHES * self.slowest_s)
+
+
+def pending_demand(ray) -> str:
+    """What Ray still waits to place, as ``ray status`` shows it: the resource shapes of the tasks and actors
+    no node has room for, from the GCS."""
+    try:
+        from ray._raylet import GcsClient
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+        state = get_cluster_resource_state(GcsClient(ray.get_runtime_context().gcs_address))
+    except Exception as exc:  # a diagnostic only: the run stops with its line either way
+        return f"unknown ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    shapes = [f"{req.count} x {dict(req.request.resources_bundle)}" for req in state.pending_resource_requests]
+    return ", ".join(shapes) or "none (every task and replica is placed: one is running without finishing)"
+
+
+def rows_in_background(dataset, out: queue.Queue) -> threading.Thread:
+    """Pull the dataset's rows in a thread of their own (so that the driver can stop waiting for them), putting
+    each row, then None at the end, or the exception that ended the iteration."""
+    def pull():
+        try:
+            for block in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for i in range(len(block["k"])):
+                    out.put({name: column[i] for name, column in block.items()})
+            out.put(None)
+        except BaseException as exc:  # handed to the driver, which raises it
+            out.put(exc)
+    thread = threading.Thread(target=pull, name="ray-rows", daemon=True)
+    thread.start()
+    return thread
+
+
+def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
+    """The rows from ``rows_in_background``, checked to be the job's batches in order, as BatchResults."""
     for k in job.batches:
-        expected = job.paths[k * bs:(k + 1) * bs]
-        got = [next(rows) for _ in expected]
-        if [Path(str(r["path"])).name for r in got] != [Path(p).name for p in expected] or \
-                len({(r["replica"], float(r["latency_ms"])) for r in got}) != 1:
-            raise RuntimeError(f"Ray Data returned batch {k} out of order or split across model calls")
-        first = got[0]
-        yield BatchResult(k, np.stack([r["classes"] for r in got]), np.stack([r["scores"] for r in got]),
-                          int(first["num_classes"]), float(first["latency_ms"]),
-                          {row: str(r["error"]) for row, r in enumerate(got) if r["error"]},
-                          decode_s=float(sum(r["decode_s"] for r in got)), replica=str(first["replica"]))
+        try:
+            row = rows.get(timeout=watch.timeout_s)
+        except queue.Empty:
+            raise UserError(f"Ray engine: no batch completed for {watch.timeout_s:g} s (--stall-timeout) while "
+                            f"batch {k} was due; Ray's pending demand: {pending_demand(ray)}; the records so far "
+                            f"are kept: the same command resumes") from None
+        if isinstance(row, BaseException):
+            raise row
+        if row is None or int(row["k"]) != k:
+            got = "the end of the rows" if row is None else f"batch {int(row['k'])}"
+            raise UserError(f"Ray engine: Ray Data returned {got} where batch {k} was due; the records so far are "
+                            f"kept: the same command resumes")
+        n = min(job.batch_size, len(job.paths) - k * job.batch_size)
+        if row["classes"].shape[0] != n:
+            raise UserError(f"Ray engine: Ray Data returned {row['classes'].shape[0]} rows of batch {k}, not {n}")
+        watch.saw_batch(float(row["latency_ms"]))
+        yield BatchResult(k, row["classes"], row["scores"], int(row["num_classes"]), float(row["latency_ms"]),
+                          {int(r): message for r, message in json.loads(str(row["bad"])).items()},
+                          decode_s=float(row["decode_s"]), replica=str(row["replica"]))
 
 
 USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)
@@ -287,27 +396,35 @@ def wrapped_user_error(exc: BaseException) -> "UserError | None":
     return None
 
 
-def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, progress=None):
+def ray_failure(exc: BaseException) -> UserError:
+    """Any other error out of Ray (a lost node beyond the retries, say) as one line: its type and first line."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    return UserError(f"Ray engine: {type(exc).__name__}: {first[:300]}; the records so far are kept: "
+                     f"the same command resumes")
+
+
+def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, progress=None, stall_timeout_s=None):
     """The Ray engine: returns (StreamTimes, run info for the summary), as stream.evaluate_local does."""
     ray = import_ray(address)
     connect(ray, address)
     try:
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        plan = plan_replicas(ray.cluster_resources(), nodes, replicas, job.device, job.threads)
-        announce(f"Ray {ray.__version__} at {ray.get_runtime_context().gcs_address}: {nodes} "
-                 f"node{'s' if nodes > 1 else ''}, {ray.cluster_resources().get('CPU', 0):g} CPUs; "
+        nodes = alive_nodes(ray)
+        plan = plan_replicas(nodes, replicas, job.device, job.threads)
+        announce(f"Ray {ray.__version__} at {ray.get_runtime_context().gcs_address}: {len(nodes)} "
+                 f"node{'s' if len(nodes) > 1 else ''}, {sum(n.get('CPU', 0) for n in nodes):g} CPUs; "
                  f"{len(job.batches)} batches of {job.batch_size} on {plan.describe()}")
-        dataset = build_dataset(ray, job, plan)
-        _, times, _ = record_results(batch_results(dataset.iter_rows(), job), store, job.names, job.labels,
-                                     job.batch_size, job.topk, job.skip_bad, log, progress,
-                                     workers=plan.decode_slots(ray.cluster_resources().get("CPU", 1)))
+        rows = queue.Queue(maxsize=64)  # bounded: the driver holds a few batches' results at most
+        rows_in_background(build_dataset(ray, job, plan), rows)
+        _, times, _ = record_results(batch_results(rows, job, ray, StallWatch(stall_timeout_s)), store, job.names,
+                                     job.labels, job.batch_size, job.topk, job.skip_bad, log, progress,
+                                     workers=plan.decode_tasks)
+    except UserError:
+        raise
     except Exception as exc:  # a replica's UserError (say, a model of another batch size) comes back wrapped
-        user_error = wrapped_user_error(exc)
-        if user_error is None:
-            raise
-        raise user_error from None
+        raise (wrapped_user_error(exc) or ray_failure(exc)) from None
     finally:
         ray.shutdown()
     return times, {"engine": "ray", "ray_version": ray.__version__, "backend": job.backend,
                    "replicas": plan.replicas, "replica_resources": plan.remote_args(), "decode_cpus": plan.decode_cpus,
-                   "replica_device": plan.device, "replica_threads": plan.threads}
+                   "decode_tasks_per_node": plan.decode_slots, "replica_device": plan.device,
+                   "replica_threads": plan.threads}

@@ -2,6 +2,7 @@
 JSON and per-image records as the local engine, 2 replicas on 2 CPUs without a hang, a replica that dies,
 the driver killed and rerun, a bad image, Ray not installed."""
 import os
+import queue
 import re
 import shutil
 import signal
@@ -11,12 +12,15 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 from conftest import export_small_onnx, run_script
 from convmixer_suite.records import records_folder
 from convmixer_suite.cli import UserError
-from convmixer_suite.ray_engine import FAULT_ENV, SINGLE_MACHINE_ENV, plan_replicas
+from convmixer_suite.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLICA_CPUS, SINGLE_MACHINE_ENV,
+                                        STALL_BATCHES, StallWatch, batch_results, plan_replicas)
+from convmixer_suite.stream import EvalJob
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, slow_run_inputs  # noqa: F401
 from test_stream_resume import BS as SLOW_BS
@@ -86,7 +90,7 @@ def test_ray_gives_the_local_json_and_records_with_two_replicas_on_two_cpus(tmp_
     assert image_results(tmp_path / "ray" / f"result_bs{BS}.json") == \
         image_results(tmp_path / "local" / f"result_bs{BS}.json")
     assert distributed.stdout.count("Inference time:") == 3
-    assert "2 replicas of 0.5 CPU each" in distributed.stdout
+    assert "2 replicas on the node's cores each" in distributed.stdout and "2 decode tasks" in distributed.stdout
     log = tmp_path / "ray.log"
     log.write_text(distributed.stdout)
     parsed = run_script("test/parse.py", "--result-file", log, "--batch-size", BS)
@@ -123,6 +127,35 @@ def test_a_killed_ray_driver_resumes_with_fewer_batches_and_the_same_json(tmp_pa
     assert 0 < resumed.stdout.count("Inference time:") < NUM_PHOTOS // SLOW_BS
     assert (out / f"result_bs{SLOW_BS}.json").read_text() == \
         (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
+
+
+def test_a_stalled_run_stops_with_one_line_naming_ray_s_demand_and_the_rerun_resumes(tmp_path, slow_run_inputs,
+                                                                                      ray_address):
+    """The replica that gets the last batch never returns (HANG_ENV): the run must stop, keep what it recorded,
+    and the rerun finish with the local JSON. Which batches came back first is Ray's choice."""
+    model, images, labels = slow_run_inputs
+    whole = run_script(*slow_stream_args(model, images, labels, tmp_path / "local"))
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "ray"
+    ray_args = ("--engine", "ray", "--ray-address", ray_address, "--record-every", 0)
+    batches = NUM_PHOTOS // SLOW_BS
+    started = time.monotonic()
+    stalled = run_script(*slow_stream_args(model, images, labels, out, *ray_args, "--stall-timeout", 4),
+                         env={**RAY_ENV, HANG_ENV: f"{tmp_path / 'hung'}:{batches - 1}"}, timeout=400)
+    assert time.monotonic() - started < 360  # it ends: no process left waiting
+    assert stalled.returncode == 2 and "Traceback" not in stalled.stderr
+    last = stalled.stderr.strip().splitlines()[-1]
+    due = re.fullmatch(r"convmixer_stream_eval.py: error: Ray engine: no batch completed for 4 s \(--stall-timeout\) "
+                       r"while batch (\d+) was due; Ray's pending demand: .+; the records so far are kept: the same "
+                       r"command resumes", last)
+    assert due and 0 < int(due.group(1)) < batches, last
+    assert (tmp_path / "hung").exists() and not (out / f"result_bs{SLOW_BS}.json").exists()
+    resumed = run_script(*slow_stream_args(model, images, labels, out, *ray_args), env=RAY_ENV, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming: {due.group(1)} batches already recorded" in resumed.stderr
+    assert resumed.stdout.count("Inference time:") == batches - int(due.group(1))
+    expected = (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
+    assert (out / f"result_bs{SLOW_BS}.json").read_text() == expected
 
 
 def test_a_bad_image_stops_the_ray_run_by_name_or_is_skipped(tmp_path, small_onnx, photo_folder, labelled,
@@ -170,7 +203,7 @@ def test_eval_acc_perf_passes_the_ray_engine_through(tmp_path, small_onnx, photo
                         "--engine=ray", f"--ray_address={ray_address}", "--replicas=2", "--threads=1", cwd=work,
                         env=RAY_ENV)
     assert result.returncode == 0, result.stderr
-    assert "2 replicas of 0.5 CPU each" in (work / f"msame_bs{BS}.txt").read_text()
+    assert "2 replicas on the node's cores each" in (work / f"msame_bs{BS}.txt").read_text()
     assert result.stdout.split("====performance data====\n")[1].startswith(f"bs{BS} fps:")
     assert result.stdout.split("====accuracy data====\n")[1].split("\n")[0] == "top1:57.14%"
     assert (work / "result" / f"result_bs{BS}_records" / "identity.json").is_file()
@@ -185,36 +218,116 @@ def test_a_replicas_user_error_is_one_line(tmp_path, small_model, photo_folder, 
                                                       f"batches of 2, not --batch-size {BS}")
 
 
-# ---- replica planning (no cluster needed) -----------------------------------------------------------------
+# ---- replica planning, the stall watch and the driver's checks (no cluster needed) ----------------------------
+
+def nodes(*cpus, **accelerators):
+    """Nodes as ray_engine.alive_nodes gives them: CPUs per node, and e.g. GPU=[4, 0] per node."""
+    return [{"id": f"node{i}", "CPU": c, **{kind: counts[i] for kind, counts in accelerators.items()}}
+            for i, c in enumerate(cpus)]
+
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 16])
 @pytest.mark.parametrize("replicas", [None, 1, 2, 3, 8])
-def test_replicas_always_leave_a_decode_task_room(cpus, replicas):
-    """Ray schedules by declared CPUs: whatever the replicas, one decode task must still fit beside them."""
-    plan = plan_replicas({"CPU": cpus}, 1, replicas, None, None)
-    assert plan.replicas == (replicas or 1) and 0 < plan.num_cpus <= 1
-    assert plan.replicas * plan.num_cpus + plan.decode_cpus <= cpus + 1e-9
-    assert plan.decode_slots(cpus) >= 1
+def test_a_node_runs_one_decode_task_per_core_whatever_replicas_it_hosts(cpus, replicas):
+    """Ray schedules by declared CPUs: were every replica on this node, its decode tasks must still fit."""
+    plan = plan_replicas(nodes(cpus), replicas, None, None)
+    assert plan.replicas == (replicas or 1) and plan.num_cpus == REPLICA_CPUS
+    assert plan.decode_slots == {"node0": cpus}
+    assert plan.replicas * plan.num_cpus + cpus * plan.decode_cpus <= cpus + 1e-9
     assert plan.threads == (None if plan.replicas == 1 else max(1, cpus // plan.replicas))
 
 
+def test_two_one_cpu_nodes_each_keep_a_decode_task_beside_their_replicas():
+    """The issue's hang: 2 nodes of 1 CPU, 2 replicas; each node must fit a decode task even with both."""
+    plan = plan_replicas(nodes(1, 1), None, None, None)
+    assert plan.replicas == 2 and plan.decode_slots == {"node0": 1, "node1": 1}
+    assert 2 * plan.num_cpus + plan.decode_cpus <= 1
+    mixed = plan_replicas(nodes(1, 16), None, None, None)
+    assert mixed.decode_slots == {"node0": 1, "node1": 16}
+
+
 def test_a_replica_takes_one_gpu_or_npu_and_sees_it_as_device_0():
-    gpus = plan_replicas({"CPU": 16, "GPU": 4}, 2, None, "cuda:3", None)
+    gpus = plan_replicas(nodes(16, 8, GPU=[4, 0]), None, "cuda:3", None)
     assert (gpus.replicas, gpus.device, gpus.remote_args()["num_gpus"]) == (4, "cuda:0", 1)
-    assert plan_replicas({"CPU": 16, "GPU": 4}, 1, 2, "gpu.1", 4).device == "gpu.0"
-    npus = plan_replicas({"CPU": 8, "NPU": 8}, 1, None, "3", None)
+    assert gpus.decode_slots == {"node0": 16, "node1": 8}
+    assert plan_replicas(nodes(16, GPU=[4]), 2, "gpu.1", 4).device == "gpu.0"
+    npus = plan_replicas(nodes(8, NPU=[8]), None, "3", None)
     assert (npus.replicas, npus.device, npus.remote_args()["resources"]) == (8, "0", {"NPU": 1})
     assert "num_gpus" not in npus.remote_args() and npus.threads is None
     with pytest.raises(UserError, match="has no GPU resource"):
-        plan_replicas({"CPU": 2}, 1, None, "cuda:0", None)
+        plan_replicas(nodes(2), None, "cuda:0", None)
     with pytest.raises(UserError, match="--replicas 3: the Ray cluster has 2 NPUs"):
-        plan_replicas({"CPU": 8, "NPU": 2}, 1, 3, "0", None)
+        plan_replicas(nodes(8, NPU=[2]), 3, "0", None)
+
+
+def test_a_node_that_would_host_replicas_without_room_to_decode_is_refused_by_name():
+    with pytest.raises(UserError, match=r"^Ray node node1 \(0 CPUs\) could host 2 replicas but would keep under "
+                                        r"0.5 CPU to decode beside them"):
+        plan_replicas(nodes(4, 0, GPU=[0, 2]), None, "cuda:0", None)
+    with pytest.raises(UserError, match=r"node0 \(1 CPUs\) could host 60 replicas"):
+        plan_replicas(nodes(1), 60, None, None)
+    with pytest.raises(UserError, match="no CPUs for decode tasks"):
+        plan_replicas(nodes(0, GPU=[1]), None, "cuda:0", None)
 
 
 def test_one_cpu_replica_per_node_by_default():
-    plan = plan_replicas({"CPU": 8}, 4, None, None, None)
-    assert (plan.replicas, plan.threads, plan.decode_cpus) == (4, None, 1.0)
-    assert plan.num_cpus == 1.0
+    plan = plan_replicas(nodes(2, 2, 2, 2), None, None, None)
+    assert (plan.replicas, plan.threads, plan.decode_tasks) == (4, None, 8)
+    assert "4 replicas on the node's cores each" in plan.describe() and "8 decode tasks" in plan.describe()
+
+
+def test_the_default_stall_timeout_follows_the_slowest_batch_and_is_never_short():
+    watch = StallWatch()
+    assert watch.timeout_s == MIN_STALL_S >= 180
+    watch.saw_batch(latency_ms=1)
+    assert watch.timeout_s == MIN_STALL_S
+    watch.saw_batch(latency_ms=60_000)
+    assert watch.timeout_s == STALL_BATCHES * 60
+    given = StallWatch(2.5)
+    assert given.timeout_s == MIN_STALL_S  # the first batch waits for the start-up
+    given.saw_batch(latency_ms=1)
+    assert given.timeout_s == 2.5
+
+
+class NoRay:
+    """Stands for the ray module where the driver asks Ray what it waits for, and Ray cannot answer."""
+    def get_runtime_context(self):
+        raise ConnectionError("no cluster")
+
+
+def result_rows(*ks, n=BS):
+    rows = queue.Queue()
+    for k in ks:
+        rows.put({"k": k, "n": n, "classes": np.zeros((n, 5), dtype=np.int64), "scores": np.zeros((n, 5)),
+                  "num_classes": 1000, "latency_ms": 1.0, "bad": "{}", "decode_s": 0.1, "replica": "r"})
+    return rows
+
+
+def small_job(num_images=3 * BS):
+    paths = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(num_images)]
+    return EvalJob(paths, paths, [0] * num_images, BS, list(range(-(-num_images // BS))), "onnxruntime", "m.onnx")
+
+
+def test_rows_out_of_order_missing_or_cut_stop_the_run_with_one_line():
+    job = small_job()
+    assert [r.k for r in batch_results(result_rows(0, 1, 2), job, NoRay(), StallWatch(5))] == [0, 1, 2]
+    with pytest.raises(UserError, match="^Ray engine: Ray Data returned batch 2 where batch 1 was due"):
+        list(batch_results(result_rows(0, 2, 1), job, NoRay(), StallWatch(5)))
+    ended = result_rows(0)
+    ended.put(None)
+    with pytest.raises(UserError, match="returned the end of the rows where batch 1 was due"):
+        list(batch_results(ended, job, NoRay(), StallWatch(5)))
+    with pytest.raises(UserError, match=f"returned 1 rows of batch 0, not {BS}"):
+        list(batch_results(result_rows(0, n=1), job, NoRay(), StallWatch(5)))
+
+
+def test_no_row_for_the_stall_timeout_stops_the_run_with_one_line():
+    started = time.monotonic()
+    with pytest.raises(UserError) as stalled:
+        list(batch_results(result_rows(0), small_job(), NoRay(), StallWatch(0.2)))  # batch 0 came, then nothing
+    assert time.monotonic() - started < 5
+    assert str(stalled.value).startswith("Ray engine: no batch completed for 0.2 s (--stall-timeout) while batch 1 "
+                                         "was due; Ray's pending demand: unknown (ConnectionError: no cluster)")
 
 
 def test_an_address_where_no_cluster_listens_is_one_line_at_once(tmp_path, small_onnx, photo_folder, labelled):

@@ -1,0 +1,93 @@
+"""--engine ray on multi-node Ray clusters made on this machine (``ray.cluster_utils.Cluster`` on 127.0.0.1, one
+CPU per node): replicas and decode tasks on every node of 2 (the plan that hung before: 2 replicas on 2 one-CPU
+nodes), and a whole node killed mid-run on 3 nodes. Every run is bounded in time."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, export_small_onnx, run_script, seeded_model
+from convmixer_suite.records import records_folder
+from convmixer_suite.stream_bench import LOOPBACK_ENV, loopback_cluster
+from test_stream_eval import labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
+from test_stream_resume import NUM_PHOTOS, image_results, slow_run_inputs  # noqa: F401
+from test_stream_resume import BS as SLOW_BS
+from test_stream_resume import stream_args as slow_stream_args
+
+os.environ.update(LOOPBACK_ENV)  # before anything here imports Ray: it reads the loopback setting on import
+RUN_TIMEOUT_S = 240
+# Slower per batch than test_stream_resume's model (about 0.1 s an image on one thread), so that a node can be
+# killed while most batches are still to run.
+SLOWER = dict(dim=768, depth=8, kernel_size=9, patch_size=7)
+
+
+def summary_run(summary_json) -> dict:
+    return json.loads(summary_json.read_text())["run"]
+
+
+def test_two_one_cpu_nodes_both_decode_and_host_a_replica(tmp_path, small_onnx, photo_folder, labelled):
+    pytest.importorskip("ray")
+    local = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "local"), timeout=RUN_TIMEOUT_S)
+    assert local.returncode == 0, local.stderr
+    with loopback_cluster(nodes=2, cpus_per_node=1) as cluster:
+        result = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "ray", "--engine", "ray",
+                                              "--ray-address", cluster.address), timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert "2 nodes, 2 CPUs" in result.stdout and "2 replicas on the node's cores each" in result.stdout
+    run = summary_run(tmp_path / "ray" / f"result_bs{SLOW_BS}_stream_summary.json")
+    assert sorted(run["decode_tasks_per_node"].values()) == [1, 1]  # one decode task on each node
+    replica_nodes = {line.split(" on node ")[1].split()[0] for line in result.stdout.splitlines()
+                     if line.startswith("[INFO] replica ")}
+    assert len(replica_nodes) == 2, result.stdout  # Ray spread the two replicas over both nodes
+    assert (tmp_path / "ray" / f"result_bs{SLOW_BS}.json").read_text() == \
+        (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
+
+
+def run_and_kill_a_node(argv, records, cluster, node, stderr_path, min_parts=3):
+    """Start ``argv``; once ``records`` holds ``min_parts`` parts, kill ``node`` (its raylet and all) of
+    ``cluster``; returns the run's (return code, stderr)."""
+    cmd = [sys.executable, str(REPO / argv[0])] + [str(a) for a in argv[1:]]
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                if records.is_dir() and len(list(records.glob("part-*.jsonl"))) >= min_parts:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, "the run ended before a node could be killed"
+            cluster.remove_node(node, allow_graceful=False)
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, stderr_path.read_text()
+
+
+def test_a_node_killed_mid_run_gives_the_local_json_or_one_line_and_a_rerun_does(tmp_path, slow_run_inputs):
+    pytest.importorskip("ray")
+    _, images, labels = slow_run_inputs
+    model = export_small_onnx(seeded_model(seed=5, **SLOWER), tmp_path / "slower.onnx")
+    local = run_script(*slow_stream_args(model, images, labels, tmp_path / "local"), timeout=RUN_TIMEOUT_S)
+    assert local.returncode == 0, local.stderr
+    expected = (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
+    out = tmp_path / "ray"
+    with loopback_cluster(nodes=3, cpus_per_node=1) as cluster:
+        ray_args = ("--engine", "ray", "--ray-address", cluster.address, "--record-every", 0)
+        code, stderr = run_and_kill_a_node(slow_stream_args(model, images, labels, out, *ray_args,
+                                                            "--stall-timeout", 60),  # a hang would end too
+                                           records_folder(out / f"result_bs{SLOW_BS}.json"), cluster,
+                                           cluster.list_all_nodes()[-1], tmp_path / "killed.stderr")
+        assert "Traceback" not in stderr
+        if code != 0:  # stopped: one line, and the rerun on the live nodes finishes the job
+            assert code == 2 and stderr.strip().splitlines()[-1].startswith("convmixer_stream_eval.py: error: ")
+            rerun = run_script(*slow_stream_args(model, images, labels, out, *ray_args), timeout=RUN_TIMEOUT_S)
+            assert rerun.returncode == 0, rerun.stderr
+            assert 0 < rerun.stdout.count("Inference time:") < NUM_PHOTOS // SLOW_BS
+    assert (out / f"result_bs{SLOW_BS}.json").read_text() == expected
+    assert image_results(out / f"result_bs{SLOW_BS}.json") == image_results(tmp_path / "local" /
+                                                                            f"result_bs{SLOW_BS}.json")

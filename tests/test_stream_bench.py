@@ -1,0 +1,35 @@
+"""convmixer_suite.stream_bench's inputs: the pooled-colour classifier and the repeated photos (no engine run)."""
+import numpy as np
+
+from convmixer_suite.backends import create_backend
+from convmixer_suite.scoring import read_labels
+from convmixer_suite.stream_bench import pooled_colour_onnx, repeated_photos, table
+from convmixer_suite.transform import list_images
+
+
+def test_the_pooled_colour_model_scores_channel_means_at_any_batch_size(tmp_path):
+    model = pooled_colour_onnx(tmp_path / "pooled.onnx")
+    backend = create_backend("onnxruntime", model, threads=1)
+    assert backend.batch_size is None
+    batch = np.random.default_rng(0).normal(size=(3, 3, 224, 224)).astype(np.float32)
+    flat = np.broadcast_to(batch.mean(axis=(2, 3))[:, :, None, None], batch.shape).astype(np.float32)
+    logits = backend.predict(batch)
+    assert logits.shape == (3, 1000)
+    np.testing.assert_allclose(logits, backend.predict(flat), rtol=1e-4, atol=1e-4)  # only the means count
+    assert pooled_colour_onnx(tmp_path / "again.onnx").read_bytes() == model.read_bytes()  # reproducible
+
+
+def test_repeated_photos_link_a_few_pictures_under_many_labelled_names(tmp_path):
+    images, labels = repeated_photos(tmp_path / "set", 12, distinct=5)
+    paths, _ = list_images(images)
+    assert len(paths) == 12 and len({p.stat().st_ino for p in paths}) == 5
+    assert len(read_labels(labels)) == 12
+    assert repeated_photos(tmp_path / "set", 12, distinct=5) == (images, labels)  # kept when complete
+
+
+def test_the_table_has_a_row_per_engine_and_a_line_per_replica():
+    row = {"engine": "ray", "wall_s": 10.0, "end_to_end_images_per_s": 50.0, "first_batch_s": 2.0,
+           "after_first_batch_images_per_s": 60.0, "driver_peak_rss_mb": 400.0,
+           "replicas": {"pid 7 on node ab": {"images": 500, "end_to_end_images_per_s": 50.0}}}
+    assert table([row]).splitlines()[2:] == ["| ray | 10.0 | 50.0 | 2.00 | 60.0 | 400 |",
+                                             "ray replica pid 7 on node ab: 500 images, 50.0 images/s"]
