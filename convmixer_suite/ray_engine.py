@@ -81,8 +81,17 @@ def import_ray(address=None):
         import ray.data
     except ImportError:
         raise UserError(INSTALL_HINT) from None
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data's notices would bury the run's own lines
+    quiet_console(logging.getLogger("ray.data"))
     return ray
+
+
+def quiet_console(logger) -> None:
+    """Nothing of Ray Data's on the console: its notices, and the tracebacks of tasks it retries after a lost
+    node, would bury the run's own lines (a failure is the driver's one line). They stay in Ray Data's log file
+    (``logs/ray-data/`` of Ray's session folder), which its other handler writes."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.CRITICAL + 1)
 
 
 def runtime_env() -> dict:

@@ -82,6 +82,7 @@ def test_a_node_killed_mid_run_gives_the_local_json_or_one_line_and_a_rerun_does
                                                             "--stall-timeout", 60),  # a hang would end too
                                            records_folder(out / f"result_bs{SLOW_BS}.json"), cluster,
                                            cluster.list_all_nodes()[-1], tmp_path / "killed.stderr")
+        print(f"the run with a node killed: exit {code}; stderr:\n{stderr}")  # -rP
         assert "Traceback" not in stderr
         if code != 0:  # stopped: one line, and the rerun on the live nodes finishes the job
             assert code == 2 and stderr.strip().splitlines()[-1].startswith("convmixer_stream_eval.py: error: ")
