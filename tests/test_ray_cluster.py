@@ -24,6 +24,21 @@ RUN_TIMEOUT_S = 240
 SLOWER = dict(dim=768, depth=8, kernel_size=9, patch_size=7)
 
 
+# Where a worker of the run's runtime_env imports the suite from (Ray's copy of py_modules, where no checkout
+# is at the driver's path).
+WORKER_IMPORTS = """
+import json, sys, ray
+from convmixer_suite import ray_engine
+ray_engine.connect(ray, sys.argv[1])
+@ray.remote
+def where():
+    import convmixer_net, convmixer_suite
+    return [convmixer_suite.__file__, convmixer_net.__file__]
+print(json.dumps(ray.get(where.remote())))
+ray.shutdown()
+"""
+
+
 def summary_run(summary_json) -> dict:
     return json.loads(summary_json.read_text())["run"]
 
@@ -35,6 +50,13 @@ def test_two_one_cpu_nodes_both_decode_and_host_a_replica(tmp_path, small_onnx, 
     with loopback_cluster(nodes=2, cpus_per_node=1) as cluster:
         result = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "ray", "--engine", "ray",
                                               "--ray-address", cluster.address), timeout=RUN_TIMEOUT_S)
+        # A driver started outside the checkout: Ray adds the driver's folder to the workers' sys.path (ahead of
+        # py_modules), so this is what a node without the checkout sees.
+        shipped = run_script(sys.executable, "-c", WORKER_IMPORTS, cluster.address, cwd=tmp_path,
+                             env={"PYTHONPATH": str(REPO)}, timeout=RUN_TIMEOUT_S)
+    assert shipped.returncode == 0, shipped.stderr
+    for path in json.loads(shipped.stdout.strip().splitlines()[-1]):
+        assert "/runtime_resources/py_modules_files/" in path and not path.startswith(str(REPO)), path
     assert result.returncode == 0, result.stderr
     assert "2 nodes, 2 CPUs" in result.stdout and "2 replicas on the node's cores each" in result.stdout
     run = summary_run(tmp_path / "ray" / f"result_bs{SLOW_BS}_stream_summary.json")
