@@ -1,4 +1,5 @@
 """test/benchmark.py --quick: it runs, and its numbers agree with each other (never a speed assertion)."""
+import csv
 import importlib.util
 import json
 from pathlib import Path
@@ -53,8 +54,34 @@ def test_pipeline_checks_and_targets_are_reported(quick_report):
                                                                      stream["n_times_batch_latency_s"])
     prep = report["preprocessing"]
     assert prep["speedup_2_vs_1"] == pytest.approx(prep["images_per_s_2_workers"] / prep["images_per_s_1_worker"])
-    assert all(isinstance(t["met"], bool) and t["measured"] for t in report["targets"])
-    assert len(report["targets"]) >= 4
+    assert "targets" not in report  # figures only: no targets judged
+
+
+def test_a_configuration_beyond_the_fidelity_limit_is_marked_and_never_fastest(quick_report):
+    out, report, _ = quick_report
+    limit = report["settings"]["max_logit_error"]
+    assert limit == 0.02
+    for name, f in report["fidelity"].items():
+        assert f["within_limit"] == (f["max_rel_diff"] <= limit)
+    within = [r for r in report["results"] if r["batch_size"] == 1 and report["fidelity"][r["config"]]["within_limit"]]
+    fastest = max(within, key=lambda r: r["throughput_images_per_s"])["config"]
+    assert report["fastest_within_limit_batch_1"] == fastest
+    assert f"Fastest at batch 1 within the limit: {fastest}." in (out / "benchmark.md").read_text()
+    assert report["streaming"]["config"] == fastest  # --stream-config auto takes it
+
+
+def test_a_tight_fidelity_limit_marks_the_int8_configuration(tmp_path):
+    result = run_script("test/benchmark.py", "--quick", "--out", tmp_path, "--num-calib", 4, "--prep-images", 4,
+                        "--configs", "onnxruntime-int8", "--batch-sizes", 1, "--no-ceiling",
+                        "--stream-images", 2, "--max-logit-error", "1e-9")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert not report["fidelity"]["onnxruntime-int8"]["within_limit"]
+    assert report["fastest_within_limit_batch_1"] == "torch-fp32"
+    assert "| no: never called fastest |" in (tmp_path / "benchmark.md").read_text()
+    rows = list(csv.DictReader(next(tmp_path.glob("benchmark-*.csv")).open()))
+    assert [(r["config"], r["batch_size"]) for r in rows] == [("torch-fp32", "1"), ("onnxruntime-int8", "1")]
+    assert float(rows[1]["p50_ms"]) == pytest.approx(report["results"][1]["latency_ms"]["p50"])
 
 
 def test_markdown_table_and_plot(quick_report):
@@ -87,7 +114,9 @@ def test_loadgen_singlestream_and_offline_are_valid_with_their_logs(quick_report
     table = (out / "benchmark.md").read_text()
     for (config, scenario), run in runs.items():
         assert run["result"] == "VALID", run
-        folder = out / "loadgen" / config / scenario
+        folder = Path(run["log_dir"])  # MLPerf's layout: results/<system>/<model>/<scenario>/performance/run_1
+        assert folder.parts[-6:] == ("results", folder.parts[-5], report["arch"], scenario, "performance", "run_1")
+        assert folder.parts[-5].endswith("_" + config) and folder.is_relative_to(out)
         summary = (folder / "mlperf_log_summary.txt").read_text()
         assert (folder / "mlperf_log_detail.txt").is_file() and "Result is : VALID" in summary
         assert f"Scenario : {scenario}" in summary
@@ -111,8 +140,8 @@ def test_the_cpu_is_named_with_its_flags(quick_report):
 
 
 def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, small_model, photo_folder):
-    """Server: each bisection step's logs are kept and the chosen one's copied up; AccuracyOnly: the logged
-    logits give the top-1 that preprocess -> infer -> convmixer_eval_acc.py gives on the same photos."""
+    """Server: each bisection step's logs are kept, then the final run at the QPS found; AccuracyOnly: the logged
+    classes give the top-1 that preprocess -> infer -> convmixer_eval_acc.py gives on the same photos."""
     import torch
     from convmixer_suite.transform import EvalTransform, list_images, load_batch
     paths, _ = list_images(photo_folder)
@@ -130,11 +159,15 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
     report = json.loads((out / "benchmark.json").read_text())
     for run in report["loadgen"]:
         assert run["scenario"] == "Server" and 1 <= len(run["bisection"]) <= 2
-        folder = out / "loadgen" / run["config"] / "Server"
-        assert (folder / "mlperf_log_summary.txt").read_text() == \
-            (Path(run["chosen_step_dir"]) / "mlperf_log_summary.txt").read_text()
+        folder = Path(run["log_dir"])
+        assert folder.parts[-3:] == ("Server", "performance", "run_1")
+        for step in run["bisection"]:  # every step's logs kept
+            assert f"Result is : {step['result']}" in (Path(step["log_dir"]) / "mlperf_log_summary.txt").read_text()
+        assert run["chosen_step_dir"] in [step["log_dir"] for step in run["bisection"]]
         qps = [step["target_qps"] for step in run["bisection"]]
-        assert run["settings"]["server_target_qps"] in qps
+        assert run["settings"]["server_target_qps"] in qps  # the final run at the QPS the bisection found
+        assert run["settings"]["min_query_count"] == 1024  # --server-queries: enough for early stopping
+        assert "Scenario : Server" in (folder / "mlperf_log_summary.txt").read_text()
         assert run["latency_bound_met"] == any(s["performance_constraints_satisfied"] == "Yes"
                                                for s in run["bisection"])
     onnx = next((out / "work").glob("convmixer_*.onnx"))
@@ -149,9 +182,10 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
     accuracy = {r["config"]: r for r in report["loadgen_accuracy"]}
     assert set(accuracy) == {"torch-fp32", "onnxruntime-fp32"}
     for run in accuracy.values():
-        assert run["num_images"] == len(paths)
+        assert run["num_images"] == len(paths) and run["scenario"] == "Server"
         assert f"{100 * run['top1']:.2f}%" == expected
         assert (Path(run["log_dir"]) / "mlperf_log_accuracy.json").is_file()
+        assert Path(run["log_dir"]).parts[-2:] == ("Server", "accuracy")
 
 
 def test_each_onnx_configuration_has_its_ceiling_timed_in_the_same_run(quick_report):

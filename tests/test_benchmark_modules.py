@@ -1,7 +1,9 @@
 """The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
-bisection's logic, the accuracy log read back), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
+bisection's logic, user.conf read through FromConfig; mlperf_layout: the accuracy log read back, accuracy.txt,
+val_map.txt, the submission folders), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
 the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,23 +55,66 @@ def test_server_bisection_finds_the_highest_passing_qps(capacity):
     assert capacity - 10.0 / 2 ** 5 <= (best.qps if best else 0.0) <= capacity
 
 
-def test_accuracy_log_is_read_back_by_sample_index(tmp_path):
-    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
-    entries = [{"seq_id": i, "qsl_idx": idx, "data": logits[idx].tobytes().hex().upper()}
-               for i, idx in enumerate([2, 0, 1])]
+def test_accuracy_log_is_read_back_by_sample_index_and_scored_into_accuracy_txt(tmp_path):
+    import hashlib
+    from convmixer_suite import mlperf_layout
+    classes = [7, 3, 999]
+    entries = [{"seq_id": i, "qsl_idx": idx, "data": np.float32(classes[idx]).tobytes().hex().upper()}
+               for i, idx in enumerate([2, 0, 1, 2])]  # sample 2 logged twice: counted once
     (tmp_path / "mlperf_log_accuracy.json").write_text(json.dumps(entries))
-    np.testing.assert_array_equal(lh.accuracy_logits(tmp_path, 3), logits)
+    np.testing.assert_array_equal(mlperf_layout.classes_by_sample(tmp_path, 3), classes)
+    scored = mlperf_layout.write_accuracy_txt(tmp_path, [7, 4, 999])
+    digest = hashlib.sha256((tmp_path / "mlperf_log_accuracy.json").read_bytes()).hexdigest()
+    assert (tmp_path / "accuracy.txt").read_text() == f"accuracy=66.667%, good=2, total=3\nhash={digest}\n"
+    assert scored["good"] == 2 and scored["total"] == 3
     with pytest.raises(UserError, match=r"samples \[3\]"):
-        lh.accuracy_logits(tmp_path, 4)
+        mlperf_layout.classes_by_sample(tmp_path, 4)
 
 
-def test_offline_expectation_and_server_bound_in_loadgen_settings():
+def test_val_map_and_the_submission_layout(tmp_path):
+    from convmixer_suite import mlperf_layout as ml
+    path = ml.write_val_map(tmp_path, ["b.JPEG", "a.JPEG"], [5, 0])
+    assert path.name == "val_map.txt" and path.read_text() == "b.JPEG 5\na.JPEG 0\n"
+    system = ml.system_name(ml.cpu_hardware_name({"model_name": "AMD EPYC 9R45", "family": "26", "model": "2",
+                                                  "logical_cpus": 2}), "openvino-int8")
+    assert system == "AMD_EPYC_9R45_f26m2_2cpus_openvino-int8"
+    assert ml.results_dir("o", system, "convmixer_1536_20", "Offline") == \
+        Path("o/results") / system / "convmixer_1536_20/Offline/performance/run_1"
+    assert ml.results_dir("o", system, "m", "Offline", accuracy=True) == Path("o/results") / system / "m/Offline/accuracy"
+    assert ml.measurements_dir("o", system, "m", "Server") == Path("o/measurements") / system / "m/Server"
+
+
+def test_settings_come_from_mlperf_conf_and_our_user_conf(tmp_path):
+    """Our user.conf's keys reach LoadGen's TestSettings through FromConfig; LoadGen's built-in mlperf.conf
+    fills the rest (its Server p99 percentile), and reading them again in the same process changes nothing."""
     lg = pytest.importorskip("mlperf_loadgen")
-    settings = lh.LoadGenSettings(min_duration_ms=300, min_query_count=64)
-    ts = lh.test_settings(lg, "Server", settings, latency_ms=20.0, throughput_qps=40.0, server_qps=30.0)
-    assert ts.server_target_latency_ns == 60_000_000 and ts.server_target_qps == 30.0
-    assert ts.offline_expected_qps == pytest.approx(60.0) and ts.single_stream_expected_latency_ns == pytest.approx(20e6 / 1.5, abs=1)
-    assert ts.min_duration_ms == 300 and ts.min_query_count == 64
+    settings = lh.LoadGenSettings(min_duration_ms=300, min_query_count=64, server_queries=500)
+    server = lh.scenario_conf(settings, "Server", latency_ms=20.0, throughput_qps=40.0, server_qps=30.0)
+    conf = lh.write_user_conf(tmp_path / "Server" / "user.conf", "m", "Server", server)
+    assert "m.Server.target_qps = 30.0\n" in conf.read_text()
+    for _ in range(2):
+        ts = lh.test_settings(lg, "Server", conf, "m")
+        assert ts.server_target_latency_ns == 60_000_000 and ts.server_target_qps == 30.0
+        assert ts.server_target_latency_percentile == pytest.approx(0.99)  # mlperf.conf's
+        assert ts.min_duration_ms == 300 and ts.min_query_count == 500  # the final run: --server-queries
+    step = lh.scenario_conf(settings, "Server", latency_ms=20.0, throughput_qps=40.0, server_qps=30.0, final=False)
+    assert step["min_query_count"] == 64 and step["min_duration"] == settings.bisection_min_duration_ms
+    offline = lh.write_user_conf(tmp_path / "o.conf", "m", "Offline", lh.scenario_conf(
+        settings, "Offline", latency_ms=20.0, throughput_qps=40.0))
+    single = lh.write_user_conf(tmp_path / "s.conf", "m", "SingleStream", lh.scenario_conf(
+        settings, "SingleStream", latency_ms=20.0, throughput_qps=40.0))
+    assert lh.test_settings(lg, "Offline", offline, "m").offline_expected_qps == pytest.approx(60.0)
+    ts = lh.test_settings(lg, "SingleStream", single, "m", accuracy=True)
+    assert ts.single_stream_expected_latency_ns == pytest.approx(20e6 / 1.5, abs=1)
+    assert ts.mode == lg.TestMode.AccuracyOnly
+    conf = lh.write_user_conf(tmp_path / "sub.conf", "m", "Offline", lh.scenario_conf(
+        lh.LoadGenSettings(**lh.SUBMISSION), "Offline", latency_ms=20.0, throughput_qps=40.0))
+    ts = lh.test_settings(lg, "Offline", conf, "m")
+    assert ts.min_duration_ms == 600_000  # mlperf.conf's minimum, left as it is
+    assert ts.performance_sample_count_override == 1024 and ts.min_query_count == 24_576
+    (tmp_path / "bad.conf").write_text("m.Offline.target_qps = fast\n")
+    with pytest.raises(UserError, match="bad.conf"):
+        lh.test_settings(lg, "Offline", tmp_path / "bad.conf", "m")
 
 
 def test_cpuinfo_is_parsed_with_the_speed_flags():
