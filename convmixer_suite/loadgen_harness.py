@@ -211,6 +211,7 @@ def run_scenario(backend, images, config, scenario, log_dir, user_conf, model, *
     log = lg.LogSettings()
     log.log_output.outdir = str(log_dir)
     log.log_output.copy_summary_to_stdout = False
+    log.enable_trace = False  # as the vision reference runs without --debug: the trace is large, no tool reads it
     qsl = QuerySampleLibrary(lg, images, None if accuracy else performance_sample_count)
     sut = BackendSUT(lg, backend, qsl, batch_size if scenario == "Offline" else 1)
     try:
