@@ -103,8 +103,8 @@ def loadgen_markdown(report) -> list:
             extra = f"batch {st['batch_size']}, min {st['min_duration_ms']} ms / {st['min_query_count']} queries"
             if r["scenario"] == "Server":
                 extra += (f", p99 bound {st['server_target_latency_ms']:.4g} ms, target {st['server_target_qps']:.4g} QPS"
-                          f" (bound {'met' if r['latency_bound_met'] else 'not met'} in {len(r['bisection'])} "
-                          "bisection steps before this run)")
+                          f" (bound {'met' if r['latency_bound_met'] else 'not met'} in {len(r['bisection'])} short "
+                          f"bisection steps; final run {len(r['final_attempts'])} of at most {r['final_attempts_limit']})")
             lines.append(f"| {display_name(r['config'], report)} | {r['scenario']} | {r['result']} | {figures} | {extra} |")
     if report["loadgen_accuracy"]:
         lines += ["", "LoadGen accuracy runs (AccuracyOnly: each image answered with its class; accuracy.txt as "

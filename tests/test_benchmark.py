@@ -153,7 +153,8 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
     out = tmp_path / "bench"
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
                         "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "Server",
-                        "--server-steps", 2, "--loadgen-accuracy", "--images", photo_folder, "--labels", labels,
+                        "--server-steps", 2, "--server-queries", 100, "--loadgen-accuracy", "--images", photo_folder,
+                        "--labels", labels,
                         "--prep-images", 4, "--stream-images", 2)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "benchmark.json").read_text())
@@ -164,9 +165,16 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
         for step in run["bisection"]:  # every step's logs kept
             assert f"Result is : {step['result']}" in (Path(step["log_dir"]) / "mlperf_log_summary.txt").read_text()
         assert run["chosen_step_dir"] in [step["log_dir"] for step in run["bisection"]]
-        qps = [step["target_qps"] for step in run["bisection"]]
-        assert run["settings"]["server_target_qps"] in qps  # the final run at the QPS the bisection found
-        assert run["settings"]["min_query_count"] == 1024  # --server-queries: enough for early stopping
+        finals = run["final_attempts"]  # at the QPS the bisection found, then halved while the bound fails
+        assert finals[0]["target_qps"] == pytest.approx(next(s["target_qps"] for s in run["bisection"]
+                                                             if s["log_dir"] == run["chosen_step_dir"]))
+        assert [f["target_qps"] for f in finals] == pytest.approx([finals[0]["target_qps"] / 2 ** i
+                                                                   for i in range(len(finals))])
+        assert all(f["performance_constraints_satisfied"] != "Yes" for f in finals[:-1]) and len(finals) <= 3
+        assert run["settings"]["server_target_qps"] == pytest.approx(finals[-1]["target_qps"])
+        assert all(Path(f["log_dir"], "mlperf_log_summary.txt").is_file() for f in finals)
+        assert Path(finals[-1]["log_dir"]) == folder
+        assert run["settings"]["min_query_count"] == 100  # --server-queries (1024 by default: early stopping)
         assert "Scenario : Server" in (folder / "mlperf_log_summary.txt").read_text()
         assert run["latency_bound_met"] == any(s["performance_constraints_satisfied"] == "Yes"
                                                for s in run["bisection"])
