@@ -175,3 +175,59 @@ def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
     assert any(r["node_type"] in ("Conv", "FusedConv") for r in rows)
     table = profile_markdown("onnxruntime-fp32", rows)
     assert table[0].startswith("Layer-by-layer profile of onnxruntime-fp32") and len(table) == 4 + min(len(rows), 15)
+
+
+def test_server_final_run_is_repeated_at_half_the_qps_while_its_bound_fails(tmp_path):
+    """A short bisection step can pass by luck: the long final run that fails its bound is kept under
+    bisection/ and repeated at half the QPS, at most FINAL_ATTEMPTS runs in all."""
+    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    verdicts = iter(["NO", "NO", "Yes"])
+    tried = []
+
+    def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
+        log_dir = tmp_path / "results" / "run_1"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "mlperf_log_summary.txt").write_text(f"qps {conf['target_qps']}\n")
+        tried.append(conf["target_qps"])
+        assert conf["min_query_count"] == 1024  # --server-queries: the final run is the long one
+        return lh.ScenarioResult(config, scenario, str(log_dir), "VALID", {},
+                                 {lh.PERFORMANCE_CONSTRAINTS: next(verdicts)}, {"server_target_qps": conf["target_qps"]})
+    harness.run = fake_run
+    final, attempts = harness.server_final(None, None, "c", 10.0, 100.0, 80.0, tmp_path / "steps")
+    assert tried == [80.0, 40.0, 20.0] and final is attempts[-1]
+    assert [Path(a.log_dir) for a in attempts] == [tmp_path / "steps/final_0", tmp_path / "steps/final_1",
+                                                    tmp_path / "results/run_1"]
+    assert (tmp_path / "steps/final_1/mlperf_log_summary.txt").read_text() == "qps 40.0\n"
+    verdicts = iter(["NO"] * 5)
+    tried.clear()
+    final, attempts = harness.server_final(None, None, "c", 10.0, 100.0, 80.0, tmp_path / "steps2")
+    assert len(attempts) == lh.FINAL_ATTEMPTS == 3 and final.summary[lh.PERFORMANCE_CONSTRAINTS] == "NO"
+
+
+def test_a_performance_sample_count_above_the_images_repeats_them():
+    """MLPerf's 1024 performance samples from the images held: sample i is image i mod N."""
+    made = {}
+    fake_lg = SimpleNamespace(ConstructQSL=lambda total, performance, load, unload: made.update(
+        total=total, performance=performance) or "qsl")
+    images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+    qsl = lh.QuerySampleLibrary(fake_lg, images, performance_sample_count=1024)
+    assert made == {"total": 1024, "performance": 1024}
+    assert qsl.batch([0, 4, 1023]).ravel().tolist() == [0.0, 1.0, 0.0]
+    lh.QuerySampleLibrary(fake_lg, images)
+    assert made == {"total": 3, "performance": 3}
+
+
+def test_a_run_that_outran_its_expectation_is_rerun_with_a_faster_one(tmp_path):
+    """LoadGen generates the queries from the expected rate: a run that left its minimum duration unfilled is
+    run again expecting LoadGen's measured rate or twice the last expectation, at most SIZING_RUNS times."""
+    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    expected, filled = [], iter(["NO", "NO", "Yes"])
+
+    def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
+        expected.append(conf["target_qps"])
+        return lh.ScenarioResult(config, scenario, "x", "VALID", {"Samples per second": "30.0"},
+                                 {"Min duration satisfied": next(filled)}, {})
+    harness.run = fake_run
+    run = harness.sized(None, None, "c", "Offline", 10.0, 10.0, 2)
+    assert expected == pytest.approx([15.0, 45.0, 90.0])  # 1.5x of 10, of max(30, 20), of max(30, 60)
+    assert run.settings["runs_to_fill_min_duration"] == 3

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from test_benchmark import eval_acc_top1, labels_partly_as_predicted
 
 pytest.importorskip("mlperf_loadgen")
 
@@ -37,28 +38,10 @@ def mlperf_accuracy_imagenet(mlperf_accuracy_file, imagenet_val_file, dtype=np.f
     return "accuracy={:.3f}%, good={}, total={}".format(100.0 * good / len(seen), good, len(seen))
 
 
-def eval_acc_top1(tmp_path, onnx, images, labels) -> float:
-    """The guide's flow on the same images: preprocess -> infer -> convmixer_eval_acc.py; its Top1 in %."""
-    prep, outputs = tmp_path / "prep", tmp_path / "outputs"
-    run_script("convmixer_preprocess.py", "--image-path", images, "--prep-image", prep, "--batch-size", 1, check=True)
-    run_script("convmixer_infer.py", "--model", onnx, "--input", prep, "--output", outputs, check=True)
-    run_script("convmixer_eval_acc.py", "--folder-davinci-target", outputs, "--annotation-file-path", labels,
-               "--result-json-path", tmp_path, "--json-file-name", "acc.json", "--batch-size", 1, check=True)
-    top1 = json.loads((tmp_path / "acc.json").read_text())
-    return float(next(v["value"] for v in top1["value"] if v["key"] == "Top1 accuracy").rstrip("%"))
-
-
 def test_mlperf_accuracy_script_scores_our_folder_to_our_top1(tmp_path, small_checkpoint, small_model, photo_folder):
     """The issue's command, ``--quick --scenarios SingleStream --loadgen-accuracy --images DIR --labels FILE``:
     the folder it leaves holds MLPerf's layout, and MLPerf's accuracy script scores it to our top-1."""
-    import torch
-    from convmixer_suite.transform import EvalTransform, list_images, load_batch
-    paths, _ = list_images(photo_folder)
-    with torch.no_grad():
-        logits = small_model(torch.from_numpy(load_batch(paths, EvalTransform())[0])).numpy()
-    labels = tmp_path / "val_label.txt"  # three labels as predicted, the rest another class: top-1 is not 0 or 1
-    labels.write_text("".join(f"{p.name} {int(row.argmax()) if i < 3 else int(row.argsort()[-2])}\n"
-                              for i, (p, row) in enumerate(zip(paths, logits))))
+    labels, paths = labels_partly_as_predicted(small_model, photo_folder, tmp_path / "val_label.txt", 3)
     out = tmp_path / "bench"
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
                         "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "SingleStream",
