@@ -121,11 +121,11 @@ def hardware_slug(machine: dict) -> str:
 
 
 def default_out(profile: str, configs, all_configs) -> Path:
-    """docs/results/<date>_<CPU>_<configuration set>: the folder docs/benchmarks.md links."""
+    """docs/results/<date>_<CPU>_<configuration set>, below the current folder (a checkout's root: the folder
+    docs/benchmarks.md links; never inside an installed package)."""
     from convmixer_suite.cpu_info import cpu_info
     chosen = profile if list(configs) == list(all_configs) else f"{profile}-" + "+".join(configs)
-    repo = Path(__file__).resolve().parent.parent
-    return repo / "docs" / "results" / f"{time.strftime('%Y-%m-%d')}_{hardware_slug(cpu_info())}_{chosen}"
+    return Path("docs") / "results" / f"{time.strftime('%Y-%m-%d')}_{hardware_slug(cpu_info())}_{chosen}"
 
 
 CSV_FIELDS = ("config", "backend", "precision", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "per_image_ms",
