@@ -70,6 +70,7 @@ class Backend:
     def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
                  input_shape=IMAGE_SHAPE):
         self.model_path = Path(model_path)
+        self.run_path = self.model_path  # the file that runs: the int8 model for int8 (onnx_for_precision)
         self.input_shape = tuple(input_shape)
         self.threads = threads
         self.precision = precision
@@ -114,10 +115,11 @@ class Backend:
         if self.model_path.suffix.lower() != ".onnx":
             raise UserError(f"{self.model_path}: the {self.name} backend reads an .onnx model "
                             f"(make one with convmixer_pth2onnx.py)")
-        if self.precision != "int8":
-            return self.model_path
-        precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
-        return Path(precision.int8_model(self.model_path, self.name, self.calib_dir, sample_shape=self.input_shape))
+        if self.precision == "int8":
+            precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
+            self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir,
+                                                      sample_shape=self.input_shape))
+        return self.run_path
 
 
 class OnnxRuntimeBackend(Backend):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite import msame_log
+from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
@@ -184,6 +184,17 @@ class EvalJob:
             raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
                             f"not --batch-size {self.batch_size}")
         return backend
+
+
+def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
+    """The fidelity gate (convmixer_suite.fidelity) of the job's reduced precision, on this machine, before any
+    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. None for fp32."""
+    if job.precision == "fp32":
+        return None
+    backend = job.load_backend()
+    held_out = fidelity.held_out_samples(job.calib, lambda: fidelity.samples_from_images(job.paths),
+                                         backend.input_shape)
+    return fidelity.gate(backend, held_out, limit, announce)
 
 
 def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:

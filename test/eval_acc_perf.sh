@@ -8,6 +8,8 @@
 #   --model (./convmixer_1536_20_bs${bs}.om for msame/ais_bench and for auto when msame is on PATH and the
 #            .om exists; ./convmixer_1536_20_ks9_p7.pth.tar for torch; else ./convmixer_1536_20.onnx)
 #   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
+#   --max_logit_error (0.02: bf16/int8 stop before writing anything when max |diff| / max |logit| against
+#                      fp32 on held-out images exceeds it)
 #   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
 #   --stream (false; true: one streaming pass with convmixer_stream_eval.py instead of steps 1-3)
 #   --engine (local; ray: the streaming pass on Ray Data, pip install -r requirements-dist.txt)
@@ -27,6 +29,7 @@ backend="auto"
 model=""
 precision="fp32"
 calib=""
+max_logit_error=""
 threads=""
 device=""
 stream=false
@@ -54,6 +57,7 @@ parse_args() {
             --model=*) model="${arg#*=}" ;;
             --precision=*) precision="${arg#*=}" ;;
             --calib=*) calib="${arg#*=}" ;;
+            --max_logit_error=*) max_logit_error="${arg#*=}" ;;
             --threads=*) threads="${arg#*=}" ;;
             --device=*) device="${arg#*=}" ;;
             --stream=*) stream="${arg#*=}" ;;
@@ -132,6 +136,7 @@ mkdir -p ./result
 runtime_args=(--model "$model" --backend "$backend" --precision "$precision")
 [[ -n "$threads" ]] && runtime_args+=(--threads "$threads")
 [[ -n "$calib" ]] && runtime_args+=(--calib "$calib")
+[[ -n "$max_logit_error" ]] && runtime_args+=(--max-logit-error "$max_logit_error")
 [[ -n "$device" ]] && runtime_args+=(--device "$device")
 if [[ "$fresh" == true ]]; then
     rm -rf -- "$output_dir" "${output_dir}.runs"

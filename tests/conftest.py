@@ -78,6 +78,15 @@ def photo_folder(tmp_path):
     return folder
 
 
+@pytest.fixture
+def calib_dir(tmp_path, photo_folder):
+    """The seven photos preprocessed at batch size 2: four files, the last one with a zero padding row."""
+    out = tmp_path / "prep"
+    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", out, "--batch-size", "2",
+               "--workers", "1", check=True)
+    return out
+
+
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
     """Run a repo script (``python3 x.py …`` or ``bash test/x.sh …``) and return the CompletedProcess."""
     cmd = list(args)
