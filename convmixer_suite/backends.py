@@ -9,6 +9,7 @@ for onnxruntime, ``cuda:N`` for torch, ``gpu[.N]`` for openvino, an integer NPU 
 """
 import importlib
 import importlib.util
+import logging
 import re
 import shutil
 import subprocess
@@ -19,21 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_net import DATA_CONFIG
-from convmixer_suite.cli import UserError
+from convmixer_suite.cli import UserError, import_library
+
+LOG = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("onnxruntime", "openvino", "torch", "msame", "ais_bench")
 PRECISIONS = ("fp32", "bf16", "int8")
 IMAGE_SHAPE = tuple(DATA_CONFIG.input_size)          # (3, 224, 224)
 IMAGE_BYTES = int(np.prod(IMAGE_SHAPE)) * 4          # one float32 image
-
-
-def import_library(module: str, backend: str, hint: str):
-    """Import a runtime's library, or raise a UserError with the one-line install hint."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UserError(f"the {backend} backend needs the Python package '{module}', which cannot be "
-                        f"imported ({exc.__class__.__name__}); install it with: {hint}") from None
 
 
 def parse_device(device):
@@ -129,7 +123,7 @@ class OnnxRuntimeBackend(Backend):
                  "tensorrt": "TensorrtExecutionProvider"}
 
     def _load(self):
-        ort = import_library("onnxruntime", self.name,
+        ort = import_library("onnxruntime", f"the {self.name} backend",
                              "pip install onnxruntime  (onnxruntime-gpu for --device cuda:N/tensorrt:N)")
         self.version = ort.__version__
         path = self.onnx_for_precision()
@@ -175,12 +169,12 @@ class OpenVinoBackend(Backend):
     supported_devices = ("cpu", "gpu")
 
     def _load(self):
-        ov = import_library("openvino", self.name, "pip install openvino")
+        ov = import_library("openvino", f"the {self.name} backend", "pip install openvino")
         self.version = ov.get_version()
         core = ov.Core()
         device = "CPU" if self.device_kind == "cpu" else f"GPU.{self.device_index}"
         if self.precision == "bf16" and not self.device_has_bf16(core, device):
-            print(f"[INFO] notice: {device} lacks bf16 support; running fp32 instead", file=sys.stderr)
+            LOG.info(f"{device} lacks bf16 support; running fp32 instead")
             self.precision = "fp32"
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         if self.threads:
@@ -232,7 +226,7 @@ class TorchBackend(Backend):
     supported_devices = ("cpu", "cuda")
 
     def _load(self):
-        torch = import_library("torch", self.name,
+        torch = import_library("torch", f"the {self.name} backend",
                                "pip install torch --index-url https://download.pytorch.org/whl/cpu")
         self.torch = torch
         self.version = torch.__version__

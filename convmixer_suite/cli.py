@@ -1,6 +1,8 @@
-"""What every command-line script shares: one-line errors for user mistakes, and atomic file writes."""
+"""What every command-line script shares: one-line errors for user mistakes, optional libraries imported with an
+install hint, and atomic file writes."""
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -31,6 +33,16 @@ def run_main(main, argv=None) -> None:
 def print_error(message) -> None:
     """One ``prog: error: …`` line on stderr: for a UserError, or for one bad item a script skips."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+
+
+def import_library(module: str, needed_by: str, hint: str):
+    """Import an optional library, or raise a UserError: ``needed_by`` (say "the openvino backend") needs it,
+    and ``hint`` is the command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{needed_by} needs the Python package '{module}', which cannot be imported "
+                        f"({exc.__class__.__name__}); install it with: {hint}") from None
 
 
 def positive_int(text: str) -> int:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.cli import UserError, atomic_path
+from convmixer_suite.cli import UserError, atomic_path, import_library
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_NUM_CALIB = 300
 QDQ_MIN_OPSET = 13
@@ -32,6 +34,7 @@ QDQ_MIN_OPSET = 13
 # machine; test/benchmark.py): OpenVINO+NNCF int8 457 ms/image, ONNX Runtime QDQ int8 642 ms/image.
 ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 IMAGE_SHAPE = (3, 224, 224)
+INT8_USER = "--precision int8 on this backend"
 
 
 def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE) -> Path:
@@ -51,10 +54,10 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
     target = onnx_path.with_name(f"{onnx_path.stem}.int8-{backend_name}-"
                                  f"{cache_key(onnx_path, samples, params)}{suffix}")
     if target.is_file():
-        print(f"[INFO] int8: reusing {target}", file=sys.stderr)
+        LOG.info(f"int8: reusing {target}")
         return target
-    print(f"[INFO] int8: quantizing {onnx_path.name} for {backend_name} ({route}), calibrated on "
-          f"{len(samples)} images of {calib_dir} -> {target.name}", file=sys.stderr)
+    LOG.info(f"int8: quantizing {onnx_path.name} for {backend_name} ({route}), calibrated on "
+             f"{len(samples)} images of {calib_dir} -> {target.name}")
     build = quantize_nncf if route == "nncf" else quantize_qdq
     with contextlib.redirect_stdout(sys.stderr):  # the libraries' progress must not enter msame's log
         build(onnx_path, samples, target)
@@ -114,19 +117,11 @@ def load_batch_file(path: Path, batch_size: int, sample_shape=IMAGE_SHAPE) -> np
 
 def library_versions(route) -> dict:
     if route == "nncf":
-        nncf, ov = import_quantizer("nncf", "pip install nncf openvino"), import_quantizer(
-            "openvino", "pip install openvino")
+        nncf, ov = (import_library(module, INT8_USER, hint) for module, hint in
+                    (("nncf", "pip install nncf openvino"), ("openvino", "pip install openvino")))
         return {"nncf": nncf.__version__, "openvino": ov.get_version()}
-    ort = import_quantizer("onnxruntime", "pip install onnxruntime")
+    ort = import_library("onnxruntime", INT8_USER, "pip install onnxruntime")
     return {"onnxruntime": ort.__version__}
-
-
-def import_quantizer(module, hint):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"--precision int8 on this backend needs the Python package '{module}': "
-                        f"install it with: {hint}") from None
 
 
 def cache_key(onnx_path: Path, samples, params: dict) -> str:
@@ -184,6 +179,8 @@ def quantize_qdq(onnx_path: Path, samples, target: Path) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from convmixer_suite.export import opset_of
+
     class SampleReader(CalibrationDataReader):
         def __init__(self, input_name):
             self.input_name = input_name
@@ -220,7 +217,3 @@ def rank1_per_channel_warnings_silenced():
         yield
     finally:
         root.setLevel(level)
-
-
-def opset_of(model) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
