@@ -16,13 +16,29 @@ class UserError(Exception):
     """
 
 
+class SettingError(UserError):
+    """A runtime setting (``precision``, ``device``, ``threads``, ``backend``) whose value cannot be used, raised by
+    the library in plain words: ``str`` is "precision 'fp16': choose one of …". A command line words it with its
+    flag instead (``flag_message``: "--precision 'fp16': …"), which ``run_main`` prints."""
+
+    def __init__(self, setting: str, text: str):
+        super().__init__(setting, text)
+        self.setting, self.text = setting, text
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.text}"
+
+    def flag_message(self) -> str:
+        return f"--{self.setting.replace('_', '-')} {self.text}"
+
+
 def run_main(main, argv=None) -> None:
-    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError,
-    130 on Ctrl-C."""
+    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError (a
+    SettingError worded with its flag), 130 on Ctrl-C."""
     try:
         status = main(argv)
     except UserError as exc:
-        print_error(exc)
+        print_error(exc.flag_message() if isinstance(exc, SettingError) else exc)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
