@@ -77,6 +77,7 @@ else
     echo "==> 1. installing requirements.txt and this project: skipped (--install=false)"
 fi
 
+require_suite
 mkdir -p "$work_dir"
 cd "$work_dir"
 echo "    working in $(pwd)"

@@ -57,6 +57,7 @@ report_rate() {
 
 parse_flags "$@"
 check_flags
+require_suite
 [[ -n "$model" ]] || model="$(python3 -m convmixer_suite.guide_files default-model --backend "$backend" \
     --batch-size "$batch_size")"
 readonly bs="$batch_size"

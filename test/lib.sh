@@ -61,6 +61,13 @@ require_bool() {
     done
 }
 
+# require_suite: stop with the install command when python3 cannot import the suite (outside the repository
+# root it must be installed: pip install .).
+require_suite() {
+    python3 -c "import convmixer_suite" 2>/dev/null \
+        || die "python3 cannot import convmixer_suite: install this project first (pip install $REPO_DIR)"
+}
+
 # run_step NAME LOG CMD...: run CMD (its stdout also into the file LOG when LOG is not empty), set
 # step_seconds to its wall-clock time, and stop the script with a line naming the step when it fails.
 run_step() {

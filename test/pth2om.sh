@@ -60,6 +60,7 @@ compile_om() {
              "$ONNX_FILE runs on the embedded ONNX Runtime backend instead"
         return
     fi
+    require_suite
     [[ -n "$soc_version" ]] || soc_version="$(detect_soc)"
     local chw
     chw="$(python3 -m convmixer_suite.guide_files input-shape)"
