@@ -28,9 +28,9 @@ from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
 from convmixer_suite.cli import positive_int, run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
-from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
-from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, labelled_rows,
-                                    relative_names, resumable_job)
+from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, relative_names,
+                                    resumable_job)
 from convmixer_suite.transform import list_images
 
 TOPK = 5
@@ -82,7 +82,8 @@ def parse_args(argv):
 
 
 def stage_lines(rates: dict, workers: int) -> list:
-    """The stage lines. None of them holds the letters "ms": test/parse.py reads a log's last "…ms" (FORMATS.md)."""
+    """The stage lines. None of them holds the letters "ms": test/parse.py reads a log's last "…ms"
+    (docs/formats.md)."""
     return [f"[INFO] decode+transform: {rates['decode_transform_images_per_s_per_worker']:.1f} images/s per worker, "
             f"{rates['decode_transform_images_per_s']:.1f} images/s with {workers} workers",
             f"[INFO] inference: {rates['inference_images_per_s']:.2f} images/s (model execution only)",

@@ -33,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.cli import UserError, atomic_path
+from convmixer_suite.cli import UserError, atomic_path, import_library
 from convmixer_suite.cpu_info import this_int8_class
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_NUM_CALIB = 300
 HELD_OUT_IMAGES = 8  # the calibration folder's last rows, kept for the fidelity gate
@@ -43,6 +45,7 @@ QDQ_MIN_OPSET = 13
 # machine; test/benchmark.py): OpenVINO+NNCF int8 457 ms/image, ONNX Runtime QDQ int8 642 ms/image.
 ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 IMAGE_SHAPE = (3, 224, 224)
+INT8_USER = "--precision int8 on this backend"
 
 
 def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE,
@@ -71,10 +74,10 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
                                  f"{cache_key(onnx_path, samples, params)}{suffix}")
     described = f"CPU class {cpu_class}: {describe_settings(settings)}"
     if target.is_file():
-        print(f"[INFO] int8: reusing {target} ({described})", file=sys.stderr)
+        LOG.info(f"int8: reusing {target} ({described})")
         return target
-    print(f"[INFO] int8: quantizing {onnx_path.name} for {backend_name} ({route}, {described}), calibrated on "
-          f"{len(samples)} images of {folder} -> {target.name}", file=sys.stderr)
+    LOG.info(f"int8: quantizing {onnx_path.name} for {backend_name} ({route}, {described}), calibrated on "
+             f"{len(samples)} images of {folder} -> {target.name}")
     build = quantize_nncf if route == "nncf" else quantize_qdq
     with contextlib.redirect_stdout(sys.stderr):  # the libraries' progress must not enter msame's log
         build(onnx_path, samples, target, settings)
@@ -186,19 +189,11 @@ def load_batch_file(path: Path, batch_size: int, sample_shape=IMAGE_SHAPE) -> np
 
 def library_versions(route) -> dict:
     if route == "nncf":
-        nncf, ov = import_quantizer("nncf", "pip install nncf openvino"), import_quantizer(
-            "openvino", "pip install openvino")
+        nncf, ov = (import_library(module, INT8_USER, hint) for module, hint in
+                    (("nncf", "pip install nncf openvino"), ("openvino", "pip install openvino")))
         return {"nncf": nncf.__version__, "openvino": ov.get_version()}
-    ort = import_quantizer("onnxruntime", "pip install onnxruntime")
+    ort = import_library("onnxruntime", INT8_USER, "pip install onnxruntime")
     return {"onnxruntime": ort.__version__}
-
-
-def import_quantizer(module, hint):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"--precision int8 on this backend needs the Python package '{module}': "
-                        f"install it with: {hint}") from None
 
 
 def cache_key(onnx_path: Path, samples, params: dict) -> str:
@@ -259,6 +254,8 @@ def quantize_qdq(onnx_path: Path, samples, target: Path, settings: dict) -> None
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from convmixer_suite.export import opset_of
+
     class SampleReader(CalibrationDataReader):
         def __init__(self, input_name):
             self.input_name = input_name
@@ -295,7 +292,3 @@ def rank1_per_channel_warnings_silenced():
         yield
     finally:
         root.setLevel(level)
-
-
-def opset_of(model) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import convmixer_net
 
-import convmixer_net  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # A small configuration: the real layer structure at a fraction of the cost (patch 14 as in 1024/20).
 SMALL = dict(dim=32, depth=2, kernel_size=5, patch_size=14)
