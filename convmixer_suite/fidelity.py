@@ -21,7 +21,7 @@ from convmixer_suite.cpu_info import this_int8_class
 
 DEFAULT_MAX_LOGIT_ERROR = 0.02
 GATE_IMAGES = 8
-log = logging.getLogger(__name__)
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def measure(backend, samples: np.ndarray, image_source: str) -> Fidelity:
     from convmixer_suite.backends import BACKENDS
     reference = BACKENDS[backend.name](backend.model_path, threads=backend.threads, device=backend.device,
                                        input_shape=backend.input_shape).load()
-    log.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
+    LOG.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
     error, agree = compare_logits(predict_all(backend, samples), predict_all(reference, samples))
     return Fidelity(backend.precision, backend.name, backend.device or "cpu", this_int8_class(), error,
                     agree / len(samples), agree, len(samples), image_source)
