@@ -14,7 +14,7 @@ from convmixer_suite.benchmark_configs import CONFIGS, REFERENCE
 from convmixer_suite.ceiling import (ceiling_input, ceiling_input_shape, efficiency_rows, load_ceilings, model_macs,
                                      pointwise_macs)
 from convmixer_suite.cli import UserError, write_text_atomic
-from convmixer_suite.fidelity import fastest_within_limit, fidelity
+from convmixer_suite.bench_fidelity import fastest_within_limit, fidelity
 from convmixer_suite.report import library_versions, machine_info, openvino_default_precision
 from convmixer_suite.timing import add_ratios, latency_row, row_of, time_alternating
 

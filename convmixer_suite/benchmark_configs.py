@@ -13,7 +13,6 @@ CONFIGS = {
     "openvino-int8": ("openvino", "int8"),
 }
 REFERENCE = "torch-fp32"
-MAX_LOGIT_ERROR = 0.02  # default of --max-logit-error: max |diff| / max |logit| against the reference
 
 PROFILES = {
     # ConvMixer-1536/20: about 20 minutes on 2 cores the first time, 12 once the models are cached

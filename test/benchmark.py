@@ -8,7 +8,7 @@
 The configurations and the two profiles (default, --quick) are data: convmixer_suite/benchmark_configs.py.
 For each batch size every configuration is timed in alternation (convmixer_suite.timing) beside its ceiling,
 the model's pointwise convolutions alone (convmixer_suite.ceiling); fidelity against PyTorch fp32 on ``--images``
-(default: generated pictures), a configuration beyond ``--max-logit-error`` marked so (convmixer_suite.fidelity);
+(default: generated pictures), a configuration beyond ``--max-logit-error`` marked so (convmixer_suite.bench_fidelity);
 then streaming and preprocessing checks (convmixer_suite.pipeline_checks). ``--scenarios`` runs every
 configuration under MLPerf LoadGen (convmixer_suite.loadgen_harness) with LoadGen's mlperf.conf plus our
 user.conf, in MLPerf's submission layout under ``--out`` (results/<system>/<model>/<scenario>/…,
@@ -21,8 +21,9 @@ docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cach
 import argparse
 import time
 
-from convmixer_suite.benchmark_configs import CONFIGS, MAX_LOGIT_ERROR, PROFILES, REFERENCE
+from convmixer_suite.benchmark_configs import CONFIGS, PROFILES, REFERENCE
 from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR
 
 
 def parse_args(argv):
