@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite import mlperf_layout as layout
-from convmixer_suite.cli import UserError, write_text_atomic
+from convmixer_suite.cli import UserError, import_library, write_text_atomic
 
 SCENARIOS = ("SingleStream", "Offline", "Server")
 INSTALL_HINT = "pip install -r requirements-bench.txt  (mlcommons-loadgen)"
@@ -45,11 +45,7 @@ FINAL_ATTEMPTS = 3  # Server: final runs at most, halving the QPS after a failed
 
 
 def import_loadgen():
-    try:
-        import mlperf_loadgen
-    except ImportError:
-        raise UserError(f"--scenarios needs MLPerf LoadGen (Python module mlperf_loadgen): {INSTALL_HINT}") from None
-    return mlperf_loadgen
+    return import_library("mlperf_loadgen", "--scenarios (MLPerf LoadGen)", INSTALL_HINT)
 
 
 @dataclass(frozen=True)

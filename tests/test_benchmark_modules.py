@@ -231,3 +231,10 @@ def test_a_run_that_outran_its_expectation_is_rerun_with_a_faster_one(tmp_path):
     run = harness.sized(None, None, "c", "Offline", 10.0, 10.0, 2)
     assert expected == pytest.approx([15.0, 45.0, 90.0])  # 1.5x of 10, of max(30, 20), of max(30, 60)
     assert run.settings["runs_to_fill_min_duration"] == 3
+
+
+def test_without_loadgen_the_scenarios_say_how_to_install_it(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # an import of it now fails
+    with pytest.raises(UserError, match=r"--scenarios \(MLPerf LoadGen\).*requirements-bench.txt"):
+        lh.import_loadgen()
