@@ -53,16 +53,22 @@ def layer_profile(choice, backends, rows, fid, image, log) -> dict:
     return {"config": choice, "batch_size": 1, "nodes": profile_backend(backends[choice], image)}
 
 
+def loadgen_settings(args):
+    """The LoadGen settings the flags ask for: the short runs, or with --submission-durations MLPerf's minimums
+    (the Server bisection's steps stay short either way)."""
+    from convmixer_suite import loadgen_harness as lh
+    own = dict(min_duration_ms=args.loadgen_min_duration_ms, min_query_count=args.loadgen_min_queries,
+               server_queries=args.server_queries)
+    return lh.LoadGenSettings(**(lh.SUBMISSION if args.submission_durations else own),
+                              server_latency_ms=args.server_latency_ms, server_bisection_steps=args.server_steps,
+                              bisection_min_duration_ms=args.loadgen_min_duration_ms)
+
+
 def loadgen_runs(args, backends, pictures, rows, spec, machine, log) -> tuple:
     """The LoadGen runs (convmixer_suite.loadgen_harness) in MLPerf's layout under ``args.out``."""
     from convmixer_suite import loadgen_harness as lh
     from convmixer_suite.mlperf_layout import cpu_hardware_name
-    own = dict(min_duration_ms=args.loadgen_min_duration_ms, min_query_count=args.loadgen_min_queries,
-               server_queries=args.server_queries)
-    settings = lh.LoadGenSettings(**(lh.SUBMISSION if args.submission_durations else own),
-                                  server_latency_ms=args.server_latency_ms, server_bisection_steps=args.server_steps,
-                                  bisection_min_duration_ms=args.loadgen_min_duration_ms)
-    harness = lh.Harness(Path(args.out), cpu_hardware_name(machine), spec.name, settings, log)
+    harness = lh.Harness(Path(args.out), cpu_hardware_name(machine), spec.name, loadgen_settings(args), log)
     data = inputs.accuracy_set(args.images, args.labels) if args.loadgen_accuracy else None
     return lh.run_scenarios(harness, backends, pictures, rows, args.scenarios or ["Offline"], data,
                             performance=bool(args.scenarios))

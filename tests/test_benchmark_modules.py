@@ -238,3 +238,20 @@ def test_without_loadgen_the_scenarios_say_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # an import of it now fails
     with pytest.raises(UserError, match=r"--scenarios \(MLPerf LoadGen\).*requirements-bench.txt"):
         lh.import_loadgen()
+
+
+def test_submission_durations_leave_mlperf_conf_its_600_s():
+    """--submission-durations: no minimum duration or query count of ours (mlperf.conf's 600 s stand),
+    MLPerf's 1024 performance samples and Offline's 24576; --quick's short runs otherwise."""
+    import importlib.util
+    from convmixer_suite.bench_run import loadgen_settings
+    spec = importlib.util.spec_from_file_location("benchmark_cli", Path(__file__).parent.parent / "test/benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    quick = loadgen_settings(cli.parse_args(["--quick", "--out", "o"]))
+    assert (quick.min_duration_ms, quick.min_query_count, quick.server_queries) == (200, 64, 1024)
+    assert quick.performance_sample_count is None
+    full = loadgen_settings(cli.parse_args(["--quick", "--out", "o", "--submission-durations", "--server-steps", "4"]))
+    assert full.min_duration_ms is None and full.min_query_count is None and full.server_queries is None
+    assert (full.performance_sample_count, full.offline_min_query_count) == (1024, 24_576)
+    assert (full.bisection_min_duration_ms, full.server_bisection_steps) == (200, 4)
