@@ -11,12 +11,14 @@ with its averages. ``--output`` holds only those timestamp folders; ``<output>.r
 ``<timestamp>_summary.json`` (latency and throughput) and ``<timestamp>_latency_ms.tsv`` (the resume record).
 
 Options beside msame's: --backend auto|onnxruntime|openvino|torch|msame|ais_bench, --threads,
---precision fp32|bf16|int8, --calib DIR (int8 calibration images), --resume latest|FOLDER.
+--precision fp32|bf16|int8, --calib DIR (int8 calibration images), --max-logit-error (the fidelity
+gate of bf16/int8), --resume latest|FOLDER.
 """
 import argparse
 
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS
 from convmixer_suite.cli import run_main
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.inference import InferenceOptions, run_inference
 
 
@@ -37,6 +39,10 @@ def parse_args(argv):
     p.add_argument("--threads", default=None, type=int, help="intra-op threads (default: the runtime's own)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of calibration images for --precision int8")
+    p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+                   help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
+                        "rows of --calib, else the input's first images) before anything is written "
+                        "(default %(default)s)")
     p.add_argument("--resume", default=None, metavar="latest|FOLDER",
                    help="continue an interrupted run in its timestamp folder (latest: the newest one under "
                         "--output, or a new run when there is none), skipping finished files")

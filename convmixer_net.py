@@ -11,7 +11,7 @@ This module is also the one place where the model's eval data config lives (timm
 ``resolve_data_config`` for these models); preprocessing and every reference read it from here.
 """
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch.nn as nn
 
@@ -50,7 +50,8 @@ DATA_CONFIG = DataConfig()
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """One released ConvMixer variant: its shape, activation, checkpoint file and download address."""
+    """One released ConvMixer variant: its shape, activation, checkpoint file and download address. All of them
+    were evaluated with the one ``DATA_CONFIG``."""
     name: str
     dim: int
     depth: int
@@ -58,7 +59,6 @@ class ArchSpec:
     patch_size: int
     activation: str = "gelu"
     checkpoint: str = ""
-    data_config: DataConfig = field(default=DATA_CONFIG)
 
     @property
     def url(self) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.manifest import (BATCH_FILE_RE, Manifest, batch_file_name, manifest_path, read_manifest,
-                                      write_manifest)
+from convmixer_suite.manifest import (BATCH_FILE_RE, Manifest, batch_file_name, batch_span, manifest_path,
+                                      read_manifest, write_manifest)
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
 
 TEMP_GLOB = ".input_*.bin.tmp*"
@@ -84,7 +84,7 @@ def init_worker(paths, batch_size, folder, transform_dict, skip_bad):
 
 
 def batch_paths(paths, batch_size: int, k: int) -> list:
-    return paths[k * batch_size:(k + 1) * batch_size]
+    return paths[batch_span(k, batch_size)]
 
 
 def write_batch(k: int):

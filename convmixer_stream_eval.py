@@ -26,10 +26,11 @@ from tqdm import tqdm
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
 from convmixer_suite.cli import positive_int, run_main
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
-from convmixer_suite.scoring import format_accuracy_line, read_labels, write_accuracy_json
-from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, labelled_rows,
-                                    relative_names, resumable_job)
+from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, relative_names,
+                                    resumable_job)
 from convmixer_suite.transform import list_images
 
 TOPK = 5
@@ -48,6 +49,9 @@ def parse_args(argv):
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
+    p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+                   help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
+                        "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
     p.add_argument("--threads", default=None, type=positive_int, help="intra-op threads (default: the runtime's)")
     p.add_argument("--device", default=None, help="cpu (default), cuda:N, ... as convmixer_infer.py takes it")
     p.add_argument("--image-path", required=True, help="folder of images (flat, or class subfolders)")
@@ -89,7 +93,8 @@ def parse_args(argv):
 
 
 def stage_lines(rates: dict, workers: int) -> list:
-    """The stage lines. None of them holds the letters "ms": test/parse.py reads a log's last "…ms" (FORMATS.md)."""
+    """The stage lines. None of them holds the letters "ms": test/parse.py reads a log's last "…ms"
+    (docs/formats.md)."""
     return [f"[INFO] decode+transform: {rates['decode_transform_images_per_s_per_worker']:.1f} images/s per worker, "
             f"{rates['decode_transform_images_per_s']:.1f} images/s with {workers} workers",
             f"[INFO] inference: {rates['inference_images_per_s']:.2f} images/s (model execution only)",
@@ -122,10 +127,10 @@ def main(argv=None):
     json_path = Path(args.result_json_path) / args.json_file_name
     backend_name = resolve_backend(args.backend, args.model, args.precision)
     num_batches = -(-len(paths) // args.batch_size)
-    job, store, resumed = resumable_job(
-        EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
-                args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad),
-        json_path, fresh=args.fresh, flush_s=args.record_every)
+    job = EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
+                  args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad)
+    figures = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
+    job, store, resumed = resumable_job(job, json_path, fresh=args.fresh, flush_s=args.record_every)
     print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"
           + (f" ({non_images} non-image files skipped)" if non_images else "")
           + (f"; resuming: {resumed} batches already recorded in {store.folder}" if resumed else ""),
@@ -149,7 +154,7 @@ def main(argv=None):
         precision=info.get("precision", args.precision), model=args.model, input_path=str(root), device=args.device,
         num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],
         workers=times.workers, stages=rates, total_s=time.perf_counter() - started, run=info,
-        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder))
+        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder), fidelity=figures)
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))

@@ -9,6 +9,7 @@ for onnxruntime, ``cuda:N`` for torch, ``gpu[.N]`` for openvino, an integer NPU 
 """
 import importlib
 import importlib.util
+import logging
 import re
 import shutil
 import subprocess
@@ -19,21 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_net import DATA_CONFIG
-from convmixer_suite.cli import UserError
+from convmixer_suite.cli import SettingError, UserError, import_library
+
+LOG = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("onnxruntime", "openvino", "torch", "msame", "ais_bench")
 PRECISIONS = ("fp32", "bf16", "int8")
 IMAGE_SHAPE = tuple(DATA_CONFIG.input_size)          # (3, 224, 224)
 IMAGE_BYTES = int(np.prod(IMAGE_SHAPE)) * 4          # one float32 image
-
-
-def import_library(module: str, backend: str, hint: str):
-    """Import a runtime's library, or raise a UserError with the one-line install hint."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise UserError(f"the {backend} backend needs the Python package '{module}', which cannot be "
-                        f"imported ({exc.__class__.__name__}); install it with: {hint}") from None
 
 
 def parse_device(device):
@@ -46,8 +40,8 @@ def parse_device(device):
         return "npu", int(text)
     match = re.fullmatch(r"(cuda|tensorrt|gpu)(?:[:.](\d+))?", text)
     if not match:
-        raise UserError(f"--device {device!r} is not understood: use cpu, cuda:N, tensorrt:N, gpu.N "
-                        f"or an integer NPU id (msame/ais_bench)")
+        raise SettingError("device", f"{device!r} is not understood: use cpu, cuda:N, tensorrt:N, gpu.N "
+                                     f"or an integer NPU id (msame/ais_bench)")
     return match.group(1), int(match.group(2) or 0)
 
 
@@ -70,6 +64,7 @@ class Backend:
     def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
                  input_shape=IMAGE_SHAPE):
         self.model_path = Path(model_path)
+        self.run_path = self.model_path  # the file that runs: the int8 model for int8 (onnx_for_precision)
         self.input_shape = tuple(input_shape)
         self.threads = threads
         self.precision = precision
@@ -78,15 +73,15 @@ class Backend:
         self.calib_dir = calib_dir
         self.loaded = False
         if precision not in PRECISIONS:
-            raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+            raise SettingError("precision", f"{precision!r}: choose one of {', '.join(PRECISIONS)}")
         if precision not in self.supported_precisions:
-            raise UserError(f"--precision {precision} is not available on the {self.name} backend "
-                            f"(it runs {', '.join(self.supported_precisions)})")
+            raise SettingError("precision", f"{precision} is not available on the {self.name} backend "
+                                            f"(it runs {', '.join(self.supported_precisions)})")
         if self.device_kind not in self.supported_devices:
-            raise UserError(f"--device {device} does not apply to the {self.name} backend "
-                            f"(it takes: {', '.join(self.supported_devices)})")
+            raise SettingError("device", f"{device} does not apply to the {self.name} backend "
+                                         f"(it takes: {', '.join(self.supported_devices)})")
         if threads is not None and threads < 1:
-            raise UserError(f"--threads {threads}: must be at least 1")
+            raise SettingError("threads", f"{threads}: must be at least 1")
 
     def load(self):
         """Load the model once; later calls do nothing. Returns self."""
@@ -114,10 +109,11 @@ class Backend:
         if self.model_path.suffix.lower() != ".onnx":
             raise UserError(f"{self.model_path}: the {self.name} backend reads an .onnx model "
                             f"(make one with convmixer_pth2onnx.py)")
-        if self.precision != "int8":
-            return self.model_path
-        precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
-        return Path(precision.int8_model(self.model_path, self.name, self.calib_dir, sample_shape=self.input_shape))
+        if self.precision == "int8":
+            precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
+            self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir,
+                                                      sample_shape=self.input_shape))
+        return self.run_path
 
 
 class OnnxRuntimeBackend(Backend):
@@ -129,7 +125,7 @@ class OnnxRuntimeBackend(Backend):
                  "tensorrt": "TensorrtExecutionProvider"}
 
     def _load(self):
-        ort = import_library("onnxruntime", self.name,
+        ort = import_library("onnxruntime", f"the {self.name} backend",
                              "pip install onnxruntime  (onnxruntime-gpu for --device cuda:N/tensorrt:N)")
         self.version = ort.__version__
         path = self.onnx_for_precision()
@@ -139,15 +135,15 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = self.threads
         wanted = self.PROVIDERS[self.device_kind]
         if wanted not in ort.get_available_providers():
-            raise UserError(f"--device {self.device}: this onnxruntime build has no {wanted} "
-                            f"(install onnxruntime-gpu, with CUDA/TensorRT, for it)")
+            raise SettingError("device", f"{self.device}: this onnxruntime build has no {wanted} "
+                                         f"(install onnxruntime-gpu, with CUDA/TensorRT, for it)")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers(wanted))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"{path}: onnxruntime cannot load this model: {str(exc).splitlines()[0]}") from None
         if self.session.get_providers()[0] != wanted:
-            raise UserError(f"--device {self.device}: onnxruntime could not start {wanted} "
-                            f"(it fell back to {self.session.get_providers()[0]})")
+            raise SettingError("device", f"{self.device}: onnxruntime could not start {wanted} "
+                                         f"(it fell back to {self.session.get_providers()[0]})")
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         first_dim = model_input.shape[0]
@@ -175,12 +171,12 @@ class OpenVinoBackend(Backend):
     supported_devices = ("cpu", "gpu")
 
     def _load(self):
-        ov = import_library("openvino", self.name, "pip install openvino")
+        ov = import_library("openvino", f"the {self.name} backend", "pip install openvino")
         self.version = ov.get_version()
         core = ov.Core()
         device = "CPU" if self.device_kind == "cpu" else f"GPU.{self.device_index}"
         if self.precision == "bf16" and not self.device_has_bf16(core, device):
-            print(f"[INFO] notice: {device} lacks bf16 support; running fp32 instead", file=sys.stderr)
+            LOG.info(f"{device} lacks bf16 support; running fp32 instead")
             self.precision = "fp32"
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         if self.threads:
@@ -232,7 +228,7 @@ class TorchBackend(Backend):
     supported_devices = ("cpu", "cuda")
 
     def _load(self):
-        torch = import_library("torch", self.name,
+        torch = import_library("torch", f"the {self.name} backend",
                                "pip install torch --index-url https://download.pytorch.org/whl/cpu")
         self.torch = torch
         self.version = torch.__version__
@@ -240,7 +236,7 @@ class TorchBackend(Backend):
             raise UserError(f"{self.model_path}: the torch backend loads the checkpoint "
                             f"(.pth, .pth.tar or .safetensors), not a {self.model_path.suffix} file")
         if self.device_kind == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {self.device}: this torch build sees no CUDA device")
+            raise SettingError("device", f"{self.device}: this torch build sees no CUDA device")
         self.torch_device = torch.device("cpu" if self.device_kind == "cpu" else f"cuda:{self.device_index}")
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -262,7 +258,7 @@ class ToolBackend(Backend):
 
     def _load(self):
         if self.threads:
-            raise UserError(f"--threads does not apply to the {self.name} backend (the NPU runs the model)")
+            raise SettingError("threads", f"does not apply to the {self.name} backend (the NPU runs the model)")
         if ".om" not in self.model_path.name:
             raise UserError(f"{self.model_path}: the {self.name} backend needs an .om model "
                             f"(compile one with atc, see test/pth2om.sh)")
@@ -352,7 +348,7 @@ def resolve_backend(name, model_path, precision="fp32") -> str:
     Any other name is checked and returned."""
     if name != "auto":
         if name not in BACKENDS:
-            raise UserError(f"--backend {name!r}: choose auto or one of {', '.join(BACKEND_NAMES)}")
+            raise SettingError("backend", f"{name!r}: choose auto or one of {', '.join(BACKEND_NAMES)}")
         return name
     if Path(model_path).suffix.lower() == ".om":
         if shutil.which("msame"):

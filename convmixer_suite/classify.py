@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-import convmixer_net
 from convmixer_suite import download
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
+from convmixer_suite.guide_files import CHECKPOINT_FILE, ONNX_FILE
 from convmixer_suite.imagenet_classes import NUM_CLASSES, imagenet_classes
 from convmixer_suite.transform import EvalTransform, load_rgb
 
-DEFAULT_ONNX = Path(f"{convmixer_net.DEFAULT_ARCH}.onnx")                     # what test/pth2om.sh writes
-DEFAULT_CHECKPOINT = Path(convmixer_net.ARCHS[convmixer_net.DEFAULT_ARCH].checkpoint)
+DEFAULT_ONNX = Path(ONNX_FILE)                                                # what test/pth2om.sh writes
+DEFAULT_CHECKPOINT = Path(CHECKPOINT_FILE)
 DYNAMIC_BATCH = 16      # photos per run of a model whose batch axis is dynamic (bounds the memory)
 MODEL_SUFFIXES = (".onnx", ".om", ".xml")
 

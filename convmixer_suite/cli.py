@@ -1,6 +1,8 @@
-"""What every command-line script shares: one-line errors for user mistakes, and atomic file writes."""
+"""What every command-line script shares: one-line errors for user mistakes, optional libraries imported with an
+install hint, and atomic file writes."""
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -14,13 +16,29 @@ class UserError(Exception):
     """
 
 
+class SettingError(UserError):
+    """A runtime setting (``precision``, ``device``, ``threads``, ``backend``) whose value cannot be used, raised by
+    the library in plain words: ``str`` is "precision 'fp16': choose one of …". A command line words it with its
+    flag instead (``flag_message``: "--precision 'fp16': …"), which ``run_main`` prints."""
+
+    def __init__(self, setting: str, text: str):
+        super().__init__(setting, text)
+        self.setting, self.text = setting, text
+
+    def __str__(self) -> str:
+        return f"{self.setting} {self.text}"
+
+    def flag_message(self) -> str:
+        return f"--{self.setting.replace('_', '-')} {self.text}"
+
+
 def run_main(main, argv=None) -> None:
-    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError,
-    130 on Ctrl-C."""
+    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError (a
+    SettingError worded with its flag), 130 on Ctrl-C."""
     try:
         status = main(argv)
     except UserError as exc:
-        print_error(exc)
+        print_error(exc.flag_message() if isinstance(exc, SettingError) else exc)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
@@ -31,6 +49,16 @@ def run_main(main, argv=None) -> None:
 def print_error(message) -> None:
     """One ``prog: error: …`` line on stderr: for a UserError, or for one bad item a script skips."""
     print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+
+
+def import_library(module: str, needed_by: str, hint: str):
+    """Import an optional library, or raise a UserError: ``needed_by`` (say "the openvino backend") needs it,
+    and ``hint`` is the command that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"{needed_by} needs the Python package '{module}', which cannot be imported "
+                        f"({exc.__class__.__name__}); install it with: {hint}") from None
 
 
 def positive_int(text: str) -> int:

@@ -7,6 +7,8 @@ import os
 import platform
 from pathlib import Path
 
+from convmixer_suite.cli import UserError
+
 # The flags that decide which kernels the runtimes pick for fp32, bf16 and int8.
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile")
 CPUINFO_FIELDS = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "model name": "model_name",
@@ -46,3 +48,42 @@ def describe_cpu(info: dict) -> str:
     flags = info.get("flags") or []
     amx = "" if any(f.startswith("amx") for f in flags) else "; no AMX"
     return f"{name}{where}, {info.get('logical_cpus')} logical CPUs; {', '.join(flags) or 'no listed flags'}{amx}"
+
+
+# The int8 classes. Without VNNI or AMX, x86 int8 kernels multiply u8 by s8 and add pairs of products in 16 bits
+# (vpmaddubsw), which saturates with 8-bit weights (docs/precision.md); VNNI and AMX add in 32 bits.
+INT8_CLASSES = ("avx2", "vnni", "amx")
+# oneDNN's ONEDNN_MAX_CPU_ISA values (lower case) -> the best int8 class they allow. OpenVINO's CPU plugin honours
+# the cap, so a VNNI machine runs the AVX2-only kernels with ONEDNN_MAX_CPU_ISA=AVX2.
+ISA_CAP_CLASSES = {"sse41": "avx2", "avx": "avx2", "avx2": "avx2", "avx512_core": "avx2",
+                   "avx2_vnni": "vnni", "avx2_vnni_2": "vnni", "avx512_core_vnni": "vnni", "avx512_core_bf16": "vnni",
+                   "avx10_1_512": "vnni", "avx512_core_fp16": "vnni", "avx10_1_512_amx": "amx",
+                   "avx512_core_amx": "amx", "avx10_1_512_amx_fp16": "amx", "avx512_core_amx_fp16": "amx",
+                   "all": "amx", "default": "amx"}
+
+
+def int8_class(flags, isa_cap=None) -> str:
+    """``amx``, ``vnni`` (AVX512-VNNI or AVX-VNNI) or ``avx2`` (neither: the saturating u8 x s8 kernels) for a set
+    of /proc/cpuinfo flags, lowered to what ``isa_cap`` (an ONEDNN_MAX_CPU_ISA value) lets the kernels use."""
+    flags = set(flags)
+    if "amx_int8" in flags:
+        found = "amx"
+    elif flags & {"avx512_vnni", "avx_vnni"}:
+        found = "vnni"
+    else:
+        found = "avx2"
+    if not isa_cap:
+        return found
+    cap = isa_cap.strip().lower()
+    if cap not in ISA_CAP_CLASSES:
+        raise UserError(f"ONEDNN_MAX_CPU_ISA={isa_cap}: not a oneDNN ISA name "
+                         f"({', '.join(sorted(ISA_CAP_CLASSES))})")
+    allowed = ISA_CAP_CLASSES[cap]
+    if cap.startswith("avx2_vnni") and "avx_vnni" not in flags:
+        allowed = "avx2"  # AVX2 kernels with VNNI need the 256-bit AVX-VNNI, not AVX512-VNNI
+    return min(found, allowed, key=INT8_CLASSES.index)
+
+
+def this_int8_class() -> str:
+    """This machine's int8 class, following ONEDNN_MAX_CPU_ISA where it is set."""
+    return int8_class(cpu_info()["flags"], os.environ.get("ONEDNN_MAX_CPU_ISA"))

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import logging
 import os
 import socket
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import convmixer_net
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic
+
+LOG = logging.getLogger("convmixer_suite.download")  # by name: run with -m, __name__ is "__main__"
 
 RELEASE_URL_ENV = "CONVMIXER_RELEASE_URL"
 TIMEOUT_S = 30          # per connect and per read: an offline machine fails fast, a stalled server in 30 s
@@ -69,7 +72,7 @@ def download_checkpoint(path, spec, url=None, timeout_s: float = TIMEOUT_S) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a download that was killed
         stale.unlink()
-    print(f"{path} not found: downloading {spec.name}'s released weights from {url}", file=sys.stderr)
+    LOG.info(f"{path} not found: downloading {spec.name}'s released weights from {url}")
     with atomic_path(path) as tmp:
         try:
             size_bytes, sha256 = _fetch(url, tmp, timeout_s)
@@ -78,8 +81,7 @@ def download_checkpoint(path, spec, url=None, timeout_s: float = TIMEOUT_S) -> P
                             f"Fetch it by hand: {by_hand(url, path)}") from None
         _check_loads(tmp, spec, url, path)
         _write_records(path, url, size_bytes, sha256)
-    print(f"downloaded {path}: {size_bytes} bytes, sha256 {sha256} (recorded in {path.name}.sha256)",
-          file=sys.stderr)
+    LOG.info(f"downloaded {path}: {size_bytes} bytes, sha256 {sha256} (recorded in {path.name}.sha256)")
     return path
 
 

@@ -50,6 +50,11 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def opset_of(model) -> int:
+    """The default-domain opset an ONNX ModelProto imports."""
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def input_shape(batch_size: int) -> tuple:
     return (batch_size, *DATA_CONFIG.input_size)
 
@@ -80,8 +85,7 @@ def verify_onnx(model, path, batch_sizes=VERIFY_BATCH_SIZES) -> VerifyReport:
 
     path = Path(path)
     onnx.checker.check_model(str(path))
-    opset = next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import
-                 if o.domain in ("", "ai.onnx"))
+    opset = opset_of(onnx.load(str(path), load_external_data=False))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     report = VerifyReport(count_parameters(model), opset, path.stat().st_size / 1e6, tuple(batch_sizes))
     generator = torch.Generator().manual_seed(VERIFY_SEED)

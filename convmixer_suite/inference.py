@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from convmixer_suite import msame_log
+from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import IMAGE_BYTES, IMAGE_SHAPE, ToolBackend, create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.run_folder import RunFolder, choose_run_folder
@@ -34,6 +34,7 @@ class InferenceOptions:
     precision: str = "fp32"
     calib: str = None
     resume: str = None
+    max_logit_error: float = fidelity.DEFAULT_MAX_LOGIT_ERROR
 
 
 @dataclass
@@ -99,7 +100,7 @@ def run_in_process(backend, todo, run: RunFolder, outfmt: str, loop: int, log) -
 
 def run_identity(opts: InferenceOptions, backend) -> str:
     return (f"# model={Path(opts.model).resolve()} backend={backend.name} precision={backend.precision} "
-            f"outfmt={opts.outfmt}")
+            f"device={backend.device or 'cpu'} outfmt={opts.outfmt}")
 
 
 def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
@@ -110,6 +111,9 @@ def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
     images = sum(images_in_file(p, backend.batch_size) for p in inputs)
     batch_size = backend.batch_size or images_in_file(inputs[0], None)
     log(f"[INFO] backend {backend.describe()}; {len(inputs)} file(s), {images} image(s)")
+    held_out = fidelity.held_out_samples(
+        opts.calib, lambda: fidelity.samples_from_batch_files(inputs, backend.input_shape), backend.input_shape)
+    figures = fidelity.gate(backend, held_out, opts.max_logit_error, log)
 
     run = RunFolder(choose_run_folder(Path(opts.output), opts.resume), run_identity(opts, backend), opts.outfmt)
     earlier = run.earlier_latencies_ms()
@@ -136,6 +140,6 @@ def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
         latencies, batch_size=batch_size, backend_name=backend.name, backend_version=backend.version,
         threads=opts.threads, precision=backend.precision, model=opts.model, input_path=input_record,
         output_dir=run.folder, device=opts.device, num_files=len(inputs), num_images=images,
-        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop)
+        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop, fidelity=figures)
     msame_log.write_summary(run.summary_path, summary)
     return InferenceRun(latencies, single, run, summary)

@@ -19,6 +19,23 @@ FORMAT = "float32 NCHW"
 BATCH_FILE_RE = re.compile(r"^input_(\d+)\.bin$")
 
 
+# Batch geometry, the one rule every engine and file follows: image j is row j % batch_size of batch
+# j // batch_size; the last batch holds the remainder, padded with zero rows to batch_size.
+
+def num_batches(num_images: int, batch_size: int) -> int:
+    return math.ceil(num_images / batch_size)
+
+
+def batch_span(k: int, batch_size: int) -> slice:
+    """The images of batch ``k``: ``items[batch_span(k, bs)]``."""
+    return slice(k * batch_size, (k + 1) * batch_size)
+
+
+def images_in_batch(k: int, batch_size: int, num_images: int) -> int:
+    """Real images in batch ``k`` (not padding rows)."""
+    return min(batch_size, num_images - k * batch_size)
+
+
 def batch_file_name(k: int) -> str:
     return f"input_{k:05d}.bin"
 
@@ -35,7 +52,7 @@ class Manifest:
 
     @property
     def num_batches(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return num_batches(len(self.images), self.batch_size)
 
     @property
     def num_images(self) -> int:
@@ -50,7 +67,7 @@ class Manifest:
         skipped = self.skipped_names()
         for j, name in enumerate(self.images):
             if name not in skipped:
-                yield j // self.batch_size, j % self.batch_size, name
+                yield *divmod(j, self.batch_size), name
 
     def layout(self) -> dict:
         """What decides the content of each batch file; two runs with the same layout write the same files."""

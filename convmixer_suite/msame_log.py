@@ -2,7 +2,7 @@
 
 convmixer_infer.py and the streaming evaluation print their timings through these functions, so
 test/parse.py and every existing msame log parser read our logs as they read msame's. The formats are
-msame's (see FORMATS.md): ``Inference time: <x>ms`` per file, and at the end of a folder run
+msame's (see docs/formats.md): ``Inference time: <x>ms`` per file, and at the end of a folder run
 ``Inference average time : %.2f ms`` and ``Inference average time without first time: %.2f ms``; a single
 file run (``--loop``) ends with ``Inference average time: %f ms`` and, when looped, the same "without first
 time" line with ``%f``. The "without first time" line appears only when more than one run was timed.
@@ -20,6 +20,9 @@ import numpy as np
 from convmixer_suite.cli import write_text_atomic
 
 TIME_LINE_RE = re.compile(r"^Inference time:\s*([\d.]+)\s*ms", re.MULTILINE)
+AVERAGE_PREFIX = "Inference average time"
+WITHOUT_FIRST_RE = re.compile(r"Inference average time without first time\s*:\s*([\d.]+)\s*ms")
+AVERAGE_RE = re.compile(r"Inference average time\s*:\s*([\d.]+)\s*ms")
 
 
 def start_line(path) -> str:
@@ -57,6 +60,21 @@ def mean_ms(times) -> float:
 def parse_latencies_ms(log_text: str) -> list:
     """The per-file ``Inference time: <x>ms`` values of an msame log (ours or the real tool's)."""
     return [float(m) for m in TIME_LINE_RE.findall(log_text)]
+
+
+def is_average_line(line: str) -> bool:
+    """One of the closing average lines (both forms, with or without the first run)."""
+    return line.startswith(AVERAGE_PREFIX)
+
+
+def fps_from_log(log_text: str, batch_size: int):
+    """Images/s from an msame log's closing averages, or None when it has none: batch_size * 1000 / the
+    "without first time" average, or the plain average when that line is absent or 0.00 (one input file)."""
+    averages_ms = [float(v) for v in WITHOUT_FIRST_RE.findall(log_text) if float(v) > 0]
+    averages_ms = averages_ms or [float(v) for v in AVERAGE_RE.findall(log_text) if float(v) > 0]
+    if not averages_ms:
+        return None
+    return batch_size * 1000.0 / averages_ms[-1]
 
 
 def latency_stats_ms(latencies_ms) -> dict:

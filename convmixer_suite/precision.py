@@ -10,9 +10,18 @@ Each runtime gets the quantized form it runs fastest, made by its own library:
   uint8 activations (the u8s8 VNNI kernels), on the model after ``quant_pre_process`` and an opset >= 13
   upgrade (per-channel DequantizeLinear needs opset 13).
 
+The parameters follow the CPU that runs the model (``cpu_info.this_int8_class``). Without VNNI or AMX the int8
+kernels add pairs of u8 x s8 products in 16 bits and saturate: measured on a Zen 3, 0.13 (NNCF defaults) and 0.096
+(QDQ) max |diff| / max |logit| against fp32. There both libraries' own remedy is used, 7-bit weights: NNCF's
+``overflow_fix=ENABLE`` (its default fixes the first layer only) and ONNX Runtime's ``reduce_range=True``.
+
+The last rows of the calibration folder are held out of calibration (``split_rows``): the fidelity gate
+(convmixer_suite.fidelity) compares the int8 model with fp32 on them.
+
 The quantized model is cached beside the fp32 one, named ``<stem>.int8-<backend>-<hash>.xml|.onnx``; the hash
-covers the fp32 model's bytes, the calibration images and the parameters, so a rerun with the same inputs
-reuses it and any change makes a new one. Files are written under temporary names and renamed when done.
+covers the fp32 model's bytes, the calibration images and the parameters, the CPU's int8 class among them, so a
+rerun with the same inputs on the same class of CPU reuses it, and any change (a model quantized on a VNNI machine
+met on an AVX2 one) makes a new one. Files are written under temporary names and renamed when done.
 """
 import contextlib
 import hashlib
@@ -24,49 +33,104 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.cli import UserError, atomic_path
+from convmixer_suite.cli import UserError, atomic_path, import_library
+from convmixer_suite.cpu_info import this_int8_class
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_NUM_CALIB = 300
+HELD_OUT_IMAGES = 8  # the calibration folder's last rows, kept for the fidelity gate
 QDQ_MIN_OPSET = 13
 # Measured side by side on the full ConvMixer-1536/20 (2-core AMD EPYC, avx512_bf16/vnni, batch 1, busy
 # machine; test/benchmark.py): OpenVINO+NNCF int8 457 ms/image, ONNX Runtime QDQ int8 642 ms/image.
 ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 IMAGE_SHAPE = (3, 224, 224)
+INT8_USER = "--precision int8 on this backend"
 
 
-def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE) -> Path:
-    """The int8 model for ``backend_name`` made from ``onnx_path``, calibrated on the first ``num_calib``
-    images of ``calib_dir`` (a folder written by convmixer_preprocess.py; or, for a model whose input is not
-    an image, batch files of float32 samples of ``sample_shape``); built once, then reused."""
+def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE,
+               cpu_class=None) -> Path:
+    """The int8 model for ``backend_name`` made from ``onnx_path`` for this machine's int8 class (or
+    ``cpu_class``), calibrated on the first ``num_calib`` images of ``calib_dir`` that are not held out (a folder
+    written by convmixer_preprocess.py; or, for a model whose input is not an image, batch files of float32
+    samples of ``sample_shape``); built once, then reused."""
     onnx_path = Path(onnx_path)
     if backend_name not in ROUTES:
         raise UserError(f"--precision int8 runs on {' or '.join(ROUTES)}, not on the {backend_name} backend")
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
         raise UserError(f"{onnx_path}: --precision int8 quantizes an .onnx model, and this is not one")
-    samples, sample_names = read_calibration(calib_dir, num_calib, sample_shape)
+    folder = calibration_folder(calib_dir, num_calib)
+    rows = calibration_rows(folder, sample_shape)
+    calibration, _ = split_rows(rows, num_calib, folder)
+    samples, sample_names = load_rows(folder, calibration, sample_shape)
     route, suffix = ROUTES[backend_name]
-    params = {"route": route, "num_calib": len(samples), "library": library_versions(route)}
+    cpu_class = cpu_class or this_int8_class()
+    settings = quantizer_settings(route, cpu_class)
+    params = {"route": route, "num_calib": len(samples), "library": library_versions(route),
+              "cpu_class": cpu_class, "settings": settings}
     if tuple(sample_shape) != IMAGE_SHAPE:
         params["sample_shape"] = list(sample_shape)
     target = onnx_path.with_name(f"{onnx_path.stem}.int8-{backend_name}-"
                                  f"{cache_key(onnx_path, samples, params)}{suffix}")
+    described = f"CPU class {cpu_class}: {describe_settings(settings)}"
     if target.is_file():
-        print(f"[INFO] int8: reusing {target}", file=sys.stderr)
+        LOG.info(f"int8: reusing {target} ({described})")
         return target
-    print(f"[INFO] int8: quantizing {onnx_path.name} for {backend_name} ({route}), calibrated on "
-          f"{len(samples)} images of {calib_dir} -> {target.name}", file=sys.stderr)
+    LOG.info(f"int8: quantizing {onnx_path.name} for {backend_name} ({route}, {described}), calibrated on "
+             f"{len(samples)} images of {folder} -> {target.name}")
     build = quantize_nncf if route == "nncf" else quantize_qdq
     with contextlib.redirect_stdout(sys.stderr):  # the libraries' progress must not enter msame's log
-        build(onnx_path, samples, target)
+        build(onnx_path, samples, target, settings)
     write_calibration_record(target, sample_names, params)
     return target
+
+
+def quantizer_settings(route: str, cpu_class: str) -> dict:
+    """The quantizer's parameters for a CPU int8 class (cpu_info.INT8_CLASSES): 7-bit weights where the
+    kernels add u8 x s8 pairs in 16 bits (``avx2``), the libraries' defaults where VNNI or AMX add in 32."""
+    narrow = cpu_class == "avx2"
+    if route == "nncf":
+        return {"overflow_fix": "enable" if narrow else "first_layer_only"}
+    return {"reduce_range": narrow}
+
+
+def describe_settings(settings: dict) -> str:
+    narrow = settings.get("overflow_fix") == "enable" or settings.get("reduce_range")
+    named = ", ".join(f"{k}={v}" for k, v in settings.items())
+    return f"{named} ({'7-bit' if narrow else '8-bit'} weights)"
 
 
 def read_calibration(calib_dir, num_calib, sample_shape=IMAGE_SHAPE) -> tuple:
     """The first ``num_calib`` real images (not padding, not skipped) of a preprocessed folder, each as a
     [1,3,224,224] float32 array (``[1, *sample_shape]``), with their names."""
-    from convmixer_suite.manifest import BATCH_FILE_RE, batch_file_name, read_manifest
+    folder = calibration_folder(calib_dir, num_calib)
+    return load_rows(folder, calibration_rows(folder, sample_shape)[:num_calib], sample_shape)
 
+
+def held_out_images(calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE) -> tuple:
+    """The images of ``calib_dir`` that int8 calibration leaves out (``split_rows``), as one
+    [n, *sample_shape] array, with their names."""
+    folder = calibration_folder(calib_dir, num_calib)
+    rows = calibration_rows(folder, sample_shape)
+    _, held_out = split_rows(rows, num_calib, folder)
+    samples, names = load_rows(folder, held_out, sample_shape)
+    return np.concatenate(samples), names
+
+
+def split_rows(rows: list, num_calib: int, folder) -> tuple:
+    """(calibration rows, held-out rows). The held-out rows are the folder's last ones, up to
+    HELD_OUT_IMAGES: those beyond the first ``num_calib`` when there are any, else the last half at most, so
+    that a folder of a few images still keeps some out of calibration."""
+    total = len(rows)
+    spare = total - num_calib
+    held = min(HELD_OUT_IMAGES, spare if spare > 0 else total // 2)
+    if held < 1:
+        raise UserError(f"{folder}: {total} image(s) to calibrate on; the fidelity check needs at least one "
+                        f"more, held out of calibration (give a folder of a few hundred)")
+    return rows[:min(num_calib, total - held)], rows[total - held:]
+
+
+def calibration_folder(calib_dir, num_calib) -> Path:
     if calib_dir is None:
         raise UserError("--precision int8 needs --calib DIR: a folder of a few hundred images preprocessed "
                         "by convmixer_preprocess.py, to calibrate the quantization on")
@@ -75,6 +139,13 @@ def read_calibration(calib_dir, num_calib, sample_shape=IMAGE_SHAPE) -> tuple:
         raise UserError(f"{folder}: calibration folder not found (make it with convmixer_preprocess.py)")
     if num_calib < 1:
         raise UserError(f"number of calibration images must be at least 1, got {num_calib}")
+    return folder
+
+
+def calibration_rows(folder: Path, sample_shape=IMAGE_SHAPE) -> list:
+    """Every real image of a preprocessed folder as (batch file, row, image name, batch size), in order."""
+    from convmixer_suite.manifest import BATCH_FILE_RE, batch_file_name, read_manifest
+
     manifest = read_manifest(folder)
     if manifest is not None:
         rows = [(batch_file_name(b), r, name, manifest.batch_size) for b, r, name in manifest.scored_rows()]
@@ -84,7 +155,11 @@ def read_calibration(calib_dir, num_calib, sample_shape=IMAGE_SHAPE) -> tuple:
                 for r in range(n)]
     if not rows:
         raise UserError(f"{folder}: no preprocessed images (input_NNNNN.bin) to calibrate on")
-    rows = rows[:num_calib]
+    return rows
+
+
+def load_rows(folder: Path, rows: list, sample_shape=IMAGE_SHAPE) -> tuple:
+    """([1, *sample_shape] arrays of ``rows``], their names), reading each batch file once."""
     cache = {}
     samples = []
     for file_name, row, _, batch_size in rows:
@@ -114,19 +189,11 @@ def load_batch_file(path: Path, batch_size: int, sample_shape=IMAGE_SHAPE) -> np
 
 def library_versions(route) -> dict:
     if route == "nncf":
-        nncf, ov = import_quantizer("nncf", "pip install nncf openvino"), import_quantizer(
-            "openvino", "pip install openvino")
+        nncf, ov = (import_library(module, INT8_USER, hint) for module, hint in
+                    (("nncf", "pip install nncf openvino"), ("openvino", "pip install openvino")))
         return {"nncf": nncf.__version__, "openvino": ov.get_version()}
-    ort = import_quantizer("onnxruntime", "pip install onnxruntime")
+    ort = import_library("onnxruntime", INT8_USER, "pip install onnxruntime")
     return {"onnxruntime": ort.__version__}
-
-
-def import_quantizer(module, hint):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"--precision int8 on this backend needs the Python package '{module}': "
-                        f"install it with: {hint}") from None
 
 
 def cache_key(onnx_path: Path, samples, params: dict) -> str:
@@ -152,17 +219,19 @@ def progress(samples, what):
     return tqdm(samples, desc=what, unit="img", file=sys.stderr, leave=False)
 
 
-def quantize_nncf(onnx_path: Path, samples, target: Path) -> None:
+def quantize_nncf(onnx_path: Path, samples, target: Path, settings: dict) -> None:
     """NNCF post-training quantization of the OpenVINO model, saved as IR; the .bin is renamed into
     place before the .xml, so an .xml under the final name always has its weights beside it."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from openvino._offline_transformations import apply_moc_transformations
 
     model = ov.Core().read_model(str(onnx_path))
     apply_moc_transformations(model, cf=True)  # fuses the exported erf pattern into Gelu, folds constants
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(settings["overflow_fix"]))
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                              fast_bias_correction=True)
+                              fast_bias_correction=True, advanced_parameters=advanced)
     tmp_xml = target.with_name(f".{target.stem}.tmp{os.getpid()}.xml")
     tmp_bin = tmp_xml.with_suffix(".bin")
     try:
@@ -175,14 +244,17 @@ def quantize_nncf(onnx_path: Path, samples, target: Path) -> None:
                 leftover.unlink()
 
 
-def quantize_qdq(onnx_path: Path, samples, target: Path) -> None:
-    """ONNX Runtime static quantization, QDQ format, per-channel int8 weights, uint8 activations."""
+def quantize_qdq(onnx_path: Path, samples, target: Path, settings: dict) -> None:
+    """ONNX Runtime static quantization, QDQ format, per-channel int8 weights (7-bit with ``reduce_range``),
+    uint8 activations."""
     import tempfile
 
     import onnx
     from onnx import version_converter
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from convmixer_suite.export import opset_of
 
     class SampleReader(CalibrationDataReader):
         def __init__(self, input_name):
@@ -205,7 +277,7 @@ def quantize_qdq(onnx_path: Path, samples, target: Path) -> None:
         with atomic_path(target) as tmp, rank1_per_channel_warnings_silenced():
             quantize_static(str(prepared), str(tmp), SampleReader(model.graph.input[0].name),
                             quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            reduce_range=settings["reduce_range"], activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
 
 @contextlib.contextmanager
@@ -220,7 +292,3 @@ def rank1_per_channel_warnings_silenced():
         yield
     finally:
         root.setLevel(level)
-
-
-def opset_of(model) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

@@ -47,6 +47,7 @@ import numpy as np
 import convmixer_suite
 from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
+from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.scoring import top_k
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
 from convmixer_suite.transform import EvalTransform, load_batch
@@ -290,15 +291,15 @@ def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
     """The job's pending batches -> decode tasks -> replicas, as the module docstring describes: blocks of
     about BLOCK_IMAGES images, but at least two blocks per decode task that can run at once."""
     bs = job.batch_size
-    items = [{"k": k, "paths": [str(p) for p in job.paths[k * bs:(k + 1) * bs]]} for k in job.batches]
-    batches_per_block = max(1, min(-(-BLOCK_IMAGES // bs), len(items) // (2 * plan.decode_tasks)))
+    items = [{"k": k, "paths": [str(p) for p in job.paths[batch_span(k, bs)]]} for k in job.batches]
+    batches_per_block = max(1, min(num_batches(BLOCK_IMAGES, bs), len(items) // (2 * plan.decode_tasks)))
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in run order
     context.enable_progress_bars = False  # the driver shows its own (tqdm on stderr)
     context.print_on_execution_start = False
     # Ray Data's default reservation held decoding to one task at a time on 2 CPUs (docs/ray.md)
     context.op_resource_reservation_enabled = False
-    listed = ray.data.from_items(items, override_num_blocks=-(-len(items) // batches_per_block))
+    listed = ray.data.from_items(items, override_num_blocks=num_batches(len(items), batches_per_block))
     decoded = listed.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
                                  fn_kwargs={"batch_size": bs, "transform": EvalTransform().to_dict()})
     # Decoding runs in tasks of its own, never inside the replicas: Ray Data fuses a task into the next operator
@@ -378,7 +379,7 @@ def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
             got = "the end of the rows" if row is None else f"batch {int(row['k'])}"
             raise UserError(f"Ray engine: Ray Data returned {got} where batch {k} was due; the records so far are "
                             f"kept: the same command resumes")
-        n = min(job.batch_size, len(job.paths) - k * job.batch_size)
+        n = images_in_batch(k, job.batch_size, len(job.paths))
         if row["classes"].shape[0] != n:
             raise UserError(f"Ray engine: Ray Data returned {row['classes'].shape[0]} rows of batch {k}, not {n}")
         watch.saw_batch(float(row["latency_ms"]))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.cli import UserError, write_text_atomic
+from convmixer_suite.manifest import images_in_batch
 from convmixer_suite.scoring import TopKAccuracy
 
 RECORDS_SUFFIX = "_records"
@@ -154,7 +155,7 @@ class RecordStore:
         for record in self.all_records():
             if skip_bad or "error" not in record:
                 rows[record["batch"]] = rows.get(record["batch"], 0) + 1
-        return {k for k, n in rows.items() if n == min(batch_size, num_images - k * batch_size)}
+        return {k for k, n in rows.items() if n == images_in_batch(k, batch_size, num_images)}
 
     def add(self, records: list) -> None:
         self.pending += records

@@ -2,7 +2,7 @@
 
 ``--output`` holds nothing but msame's timestamp folders, and each of those nothing but the
 ``<input name>_output_0.txt|bin`` files, because the guide's own scorer takes ``os.listdir(output)[0]`` as the
-results folder and parses every name in it (FORMATS.md). Everything else a run keeps lives in the sibling
+results folder and parses every name in it (docs/formats.md). Everything else a run keeps lives in the sibling
 folder ``<output>.runs/``:
 - ``<timestamp>_summary.json``: latency and throughput, the backend and the input folder (whose
   ``.manifest.json`` our scorer finds through it);

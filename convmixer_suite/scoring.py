@@ -1,6 +1,6 @@
 """From msame / ais_bench output files and val_label.txt to top-k accuracy and the ModelZoo JSON.
 
-Output layouts read (see FORMATS.md): the folder given, or the one subfolder of it that holds output files
+Output layouts read (see docs/formats.md): the folder given, or the one subfolder of it that holds output files
 (msame's ``20210723_145039`` / ``2022516_3_8_36_123456``, ais_bench's ``2023_01_03-10_11_12`` or
 ``--output_dirname``); files ``input_NNNNN_output_0.txt|bin`` (msame) or ``input_NNNNN_0.txt|bin|npy``
 (ais_bench); summary files (``*_summary.json``, ``sumary.json``) are not outputs. Each file holds one row of
@@ -10,8 +10,8 @@ images, else rows map by position: row j is ``ILSVRC2012_val_{j+1:08d}`` and row
 This module is also the one writer of the accuracy JSON and of the printed ``top1:…% top5:…%`` line.
 """
 import json
+import logging
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ import numpy as np
 from convmixer_suite.cli import UserError, write_text_atomic
 from convmixer_suite.manifest import MANIFEST_NAME, Manifest
 from convmixer_suite.run_folder import summary_path_of
+
+LOG = logging.getLogger(__name__)
 
 OUTPUT_PATTERNS = (re.compile(r"^input_(\d+)_output_0\.(txt|bin)$"),  # msame
                    re.compile(r"^input_(\d+)_0\.(txt|bin|npy)$"))  # ais_bench
@@ -54,8 +56,7 @@ def find_results_folder(folder) -> Path:
         raise UserError(f"{folder}: no output files ({OUTPUT_NAMES}) here or in a subfolder")
     if len(candidates) > 1:
         newest = max(candidates, key=lambda d: d.stat().st_mtime)
-        print(f"note: {folder} holds {len(candidates)} result folders; using the newest, {newest.name}",
-              file=sys.stderr)
+        LOG.info(f"{folder} holds {len(candidates)} result folders; using the newest, {newest.name}")
         return newest
     return candidates[0]
 
@@ -126,6 +127,18 @@ def read_labels(path) -> dict:
     return labels
 
 
+def labelled_rows(names, labels: dict, labels_path) -> list:
+    """The label of each image, matched by file stem (``image_key``); two images of one stem, or an image
+    without a label, are refused."""
+    keys = [image_key(n) for n in names]
+    if len(set(keys)) != len(keys):
+        raise UserError("two images have the same file name; their labels would be ambiguous")
+    missing = [n for n, key in zip(names, keys) if key not in labels]
+    if missing:
+        raise UserError(f"{labels_path}: no label for image {missing[0]} ({len(missing)} images unlabelled)")
+    return [labels[key] for key in keys]
+
+
 def positional_names(num_labels: int) -> list:
     return [f"ILSVRC2012_val_{j + 1:08d}" for j in range(num_labels)]
 
@@ -136,18 +149,14 @@ def scored_rows(manifest: "Manifest | None", batch_size: int, labels: dict, labe
         rows = list(manifest.scored_rows())
     else:
         names = positional_names(len(labels))
-        rows = [(j // batch_size, j % batch_size, name) for j, name in enumerate(names)]
+        rows = [(*divmod(j, batch_size), name) for j, name in enumerate(names)]
     if not rows:
         raise UserError("nothing to score: the manifest lists no real images")
-    keys = [image_key(name) for _, _, name in rows]
-    if len(set(keys)) != len(keys):
-        raise UserError("the manifest names two images with the same file name; labels would be ambiguous")
+    image_labels = labelled_rows([name for _, _, name in rows], labels, labels_path)
     by_batch = {}
-    for (k, row, name), key in zip(rows, keys):
-        if key not in labels:
-            raise UserError(f"{labels_path}: no label for image {name}")
+    for (k, row, name), label in zip(rows, image_labels):
         by_batch.setdefault(k, ([], [], []))
-        for column, value in zip(by_batch[k], (row, labels[key], name)):
+        for column, value in zip(by_batch[k], (row, label, name)):
             column.append(value)
     return by_batch
 

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite import msame_log
+from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
+from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
-from convmixer_suite.scoring import TopKAccuracy, image_key, top_k
+from convmixer_suite.scoring import TopKAccuracy, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
 
@@ -87,7 +88,7 @@ def decode_batch(k: int):
     """Worker: batch ``k`` as a [batch_size,3,224,224] array, its bad rows, and the seconds it took."""
     started = time.perf_counter()
     bs = _JOB["batch_size"]
-    paths = _JOB["paths"][k * bs:(k + 1) * bs]
+    paths = _JOB["paths"][batch_span(k, bs)]
     batch, bad = load_batch(paths, _JOB["transform"], rows=bs, skip_bad=_JOB["skip_bad"])
     return batch, [(row, str(path), message) for row, path, message in bad], time.perf_counter() - started
 
@@ -104,7 +105,7 @@ class BatchStream:
                  start_method=None, batches=None):
         self.paths = [str(p) for p in paths]
         self.batch_size = batch_size
-        self.num_batches = -(-len(self.paths) // batch_size)
+        self.num_batches = num_batches(len(self.paths), batch_size)
         self.batches = list(range(self.num_batches) if batches is None else batches)  # the ones to run
         self.workers = max(1, min(workers, len(self.batches)))
         self.prefetch = prefetch or 2 * self.workers
@@ -142,17 +143,6 @@ class BatchStream:
             yield k, batch, bad, decode_s, waited
 
 
-def labelled_rows(names, labels: dict, labels_path) -> list:
-    """The label of every image, by file stem as scoring.py matches them; a missing label is an error."""
-    keys = [image_key(n) for n in names]
-    if len(set(keys)) != len(keys):
-        raise UserError("two images have the same file name; their labels would be ambiguous")
-    missing = [n for n, key in zip(names, keys) if key not in labels]
-    if missing:
-        raise UserError(f"{labels_path}: no label for image {missing[0]} ({len(missing)} images unlabelled)")
-    return [labels[key] for key in keys]
-
-
 @dataclass
 class EvalJob:
     """What either engine evaluates: every image of the run in order with its label, the batches still to
@@ -173,7 +163,7 @@ class EvalJob:
 
     @property
     def pending_images(self) -> int:
-        return sum(min(self.batch_size, len(self.paths) - k * self.batch_size) for k in self.batches)
+        return sum(images_in_batch(k, self.batch_size, len(self.paths)) for k in self.batches)
 
     def load_backend(self, **overrides):
         """Create and load this job's backend (a Ray replica overrides ``device`` and ``threads``); the model
@@ -184,6 +174,17 @@ class EvalJob:
             raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
                             f"not --batch-size {self.batch_size}")
         return backend
+
+
+def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
+    """The fidelity gate (convmixer_suite.fidelity) of the job's reduced precision, on this machine, before any
+    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. None for fp32."""
+    if job.precision == "fp32":
+        return None
+    backend = job.load_backend()
+    held_out = fidelity.held_out_samples(job.calib, lambda: fidelity.samples_from_images(job.paths),
+                                         backend.input_shape)
+    return fidelity.gate(backend, held_out, limit, announce)
 
 
 def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
@@ -222,7 +223,7 @@ def local_results(stream: BatchStream, backend, num_images: int, topk=5):
         t0 = time.perf_counter()
         logits = backend.predict(batch)
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        classes, scores = top_k(logits[:min(bs, num_images - k * bs)], topk, source=f"batch {k}")
+        classes, scores = top_k(logits[:images_in_batch(k, bs, num_images)], topk, source=f"batch {k}")
         yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
                           decode_s, waited)
 

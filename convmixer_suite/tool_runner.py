@@ -63,7 +63,7 @@ def echo_tool_log(argv, log) -> str:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if not line.startswith("Inference average time"):
+        if not msame_log.is_average_line(line):
             log(line.rstrip("\n"))
     if proc.wait() != 0:
         raise UserError(f"{argv[0]} failed with exit status {proc.returncode} (its log is above)")

@@ -8,12 +8,9 @@ top-1 class with its score), then the top-1 agreement over the images both runs 
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from convmixer_suite.cli import run_main  # noqa: E402
-from convmixer_suite.records import compare_records, read_records  # noqa: E402
+from convmixer_suite.cli import run_main
+from convmixer_suite.records import compare_records, read_records
 
 
 def parse_args(argv):

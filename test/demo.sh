@@ -2,7 +2,8 @@
 # Quick start: the guide's whole flow (checkpoint -> ONNX -> inference -> accuracy and speed) on this machine.
 #     bash test/demo.sh [--datasets_path=/opt/npu/imageNet] [--batch_size=1] [--num_images=8]
 #                       [--backend=auto] [--work_dir=./demo_work] [--install=true] [--download=true]
-# Installs requirements.txt (--install=false skips it), then works inside --work_dir. It uses the real
+# Installs requirements.txt and this project (pip install -e; --install=false skips both: then
+# `pip install .` must have been run), then works inside --work_dir. It uses the real
 # checkpoint convmixer_1536_20_ks9_p7.pth.tar when it is in the current directory or the repository, else
 # downloads it into the current directory (--download=false skips that). Only when that fails does it write
 # RANDOM_WEIGHTS_convmixer_1536_20.pth.tar (seeded random weights: accuracy means nothing), and it says why.
@@ -16,6 +17,7 @@ readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly CHECKPOINT="convmixer_1536_20_ks9_p7.pth.tar"
 readonly RANDOM_CHECKPOINT="RANDOM_WEIGHTS_convmixer_1536_20.pth.tar"
 
+readonly FLAGS=(datasets_path batch_size num_images backend work_dir install download)
 datasets_path=""
 batch_size=1
 num_images=8
@@ -24,36 +26,8 @@ work_dir="./demo_work"
 install=true
 download=true
 
-die() {
-    echo "$PROG: error: $*" >&2
-    exit 1
-}
-
-parse_args() {
-    local arg
-    for arg in "$@"; do
-        case "$arg" in
-            --datasets_path=*) datasets_path="${arg#*=}" ;;
-            --batch_size=*) batch_size="${arg#*=}" ;;
-            --num_images=*) num_images="${arg#*=}" ;;
-            --backend=*) backend="${arg#*=}" ;;
-            --work_dir=*) work_dir="${arg#*=}" ;;
-            --install=*) install="${arg#*=}" ;;
-            --download=*) download="${arg#*=}" ;;
-            -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-            *) die "unknown argument '$arg' (see --help)" ;;
-        esac
-    done
-    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
-    [[ "$num_images" =~ ^[1-9][0-9]*$ ]] || die "--num_images=$num_images: must be a positive integer"
-    [[ "$install" == true || "$install" == false ]] || die "--install=$install: must be true or false"
-    [[ "$download" == true || "$download" == false ]] || die "--download=$download: must be true or false"
-}
-
-# suite_module NAME ARGS...: python3 -m convmixer_suite.NAME ARGS... from anywhere
-suite_module() {
-    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -m "convmixer_suite.$1" "${@:2}"
-}
+# shellcheck source=test/lib.sh
+source "$REPO_DIR/test/lib.sh"
 
 # try_download PATH: download the released checkpoint to PATH, its progress and messages on stderr as they
 # come; on failure, sets download_failure to the download's error line (what went wrong, and the by-hand
@@ -61,7 +35,7 @@ suite_module() {
 try_download() {
     local log
     log="$(mktemp)"
-    if { suite_module download "$1" 2>&1 1>&3 | tee "$log" >&2; } 3>&1; then
+    if { python3 -m convmixer_suite.download "$1" 2>&1 1>&3 | tee "$log" >&2; } 3>&1; then
         rm -f "$log"
         return 0
     fi
@@ -83,7 +57,9 @@ find_checkpoint() {
     return 0
 }
 
-parse_args "$@"
+parse_flags "$@"
+require_positive_int batch_size num_images
+require_bool install download
 if [[ -n "$datasets_path" ]]; then
     [[ -d "$datasets_path" ]] || die "--datasets_path=$datasets_path: no such folder"
     datasets_path="$(cd "$datasets_path" && pwd)"
@@ -92,13 +68,16 @@ real_checkpoint="$(find_checkpoint)"
 download_target="$(pwd)/$CHECKPOINT"
 
 if [[ "$install" == true ]]; then
-    echo "==> 1. installing requirements.txt"
-    python3 -m pip install --quiet --disable-pip-version-check -r "$REPO_DIR/requirements.txt" \
-        || die "step 1 (pip install -r requirements.txt) failed"
+    echo "==> 1. installing requirements.txt and this project (pip install -e)"
+    pip_args=(--quiet --disable-pip-version-check)
+    run_step "1. pip install -r requirements.txt" "" \
+        python3 -m pip install "${pip_args[@]}" -r "$REPO_DIR/requirements.txt"
+    run_step "1. pip install -e $REPO_DIR" "" python3 -m pip install "${pip_args[@]}" --no-deps -e "$REPO_DIR"
 else
-    echo "==> 1. installing requirements.txt: skipped (--install=false)"
+    echo "==> 1. installing requirements.txt and this project: skipped (--install=false)"
 fi
 
+require_suite
 mkdir -p "$work_dir"
 cd "$work_dir"
 echo "    working in $(pwd)"
@@ -126,7 +105,7 @@ if [[ -n "$real_checkpoint" ]]; then
 else
     source_path="./$RANDOM_CHECKPOINT"
     if [[ ! -f "$source_path" ]]; then
-        suite_module demo_data checkpoint "$source_path" || die "step 2 (writing a random checkpoint) failed"
+        run_step "2. writing a random checkpoint" "" python3 -m convmixer_suite.demo_data checkpoint "$source_path"
     fi
     weights_line="RANDOM weights ($(pwd)/$RANDOM_CHECKPOINT), because $random_reason"
     echo "    using $source_path (seeded RANDOM weights) instead of $CHECKPOINT"
@@ -137,8 +116,8 @@ fi
 echo "==> 3. images"
 if [[ -z "$datasets_path" ]]; then
     datasets_path="$(pwd)/imagenet_sample"
-    suite_module demo_data dataset "$datasets_path" --num-images "$num_images" \
-        || die "step 3 (generating sample images) failed"
+    run_step "3. generating sample images" "" \
+        python3 -m convmixer_suite.demo_data dataset "$datasets_path" --num-images "$num_images"
     accuracy_note="${accuracy_note:+$accuracy_note }Generated pictures with rule-based labels: this accuracy means nothing."
 else
     echo "    using $datasets_path"
@@ -150,13 +129,13 @@ nested() {
 }
 
 echo "==> 4. bash test/pth2om.sh --batch_size=$batch_size --not_skip_onnx=true --source=$source_path"
-nested bash "$REPO_DIR/test/pth2om.sh" --batch_size="$batch_size" --not_skip_onnx=true --source="$source_path" \
-    || die "step 4 (test/pth2om.sh) failed"
+run_step "4. test/pth2om.sh" "" \
+    nested bash "$REPO_DIR/test/pth2om.sh" --batch_size="$batch_size" --not_skip_onnx=true --source="$source_path"
 
 echo "==> 5. bash test/eval_acc_perf.sh --batch_size=$batch_size --datasets_path=$datasets_path --backend=$backend"
 eval_args=(--batch_size="$batch_size" --datasets_path="$datasets_path" --backend="$backend" --fresh=true)
 [[ "$backend" == torch ]] && eval_args+=(--model="$source_path")
-nested bash "$REPO_DIR/test/eval_acc_perf.sh" "${eval_args[@]}" || die "step 5 (test/eval_acc_perf.sh) failed"
+run_step "5. test/eval_acc_perf.sh" "" nested bash "$REPO_DIR/test/eval_acc_perf.sh" "${eval_args[@]}"
 
 echo "==> 6. results (in $(pwd))"
 echo "weights: $weights_line"

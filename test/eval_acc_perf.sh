@@ -8,6 +8,8 @@
 #   --model (./convmixer_1536_20_bs${bs}.om for msame/ais_bench and for auto when msame is on PATH and the
 #            .om exists; ./convmixer_1536_20_ks9_p7.pth.tar for torch; else ./convmixer_1536_20.onnx)
 #   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
+#   --max_logit_error (0.02: bf16/int8 stop before writing anything when max |diff| / max |logit| against
+#                      fp32 on held-out images exceeds it)
 #   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
 #   --stream (false; true: one streaming pass with convmixer_stream_eval.py instead of steps 1-3)
 #   --engine (local; ray: the streaming pass on Ray Data, pip install -r requirements-dist.txt)
@@ -21,12 +23,15 @@ set -euo pipefail
 readonly PROG="eval_acc_perf.sh"
 readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+readonly FLAGS=(batch_size datasets_path backend model precision calib max_logit_error threads device stream engine
+                ray_address replicas fresh)
 batch_size=1
 datasets_path="/opt/npu/imageNet"
 backend="auto"
 model=""
 precision="fp32"
 calib=""
+max_logit_error=""
 threads=""
 device=""
 stream=false
@@ -35,71 +40,16 @@ ray_address=""
 replicas=""
 fresh=false
 
-die() {
-    echo "$PROG: error: $*" >&2
-    exit 1
-}
+# shellcheck source=test/lib.sh
+source "$REPO_DIR/test/lib.sh"
 
-usage() {
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
-}
-
-parse_args() {
-    local arg
-    for arg in "$@"; do
-        case "$arg" in
-            --batch_size=*) batch_size="${arg#*=}" ;;
-            --datasets_path=*) datasets_path="${arg#*=}" ;;
-            --backend=*) backend="${arg#*=}" ;;
-            --model=*) model="${arg#*=}" ;;
-            --precision=*) precision="${arg#*=}" ;;
-            --calib=*) calib="${arg#*=}" ;;
-            --threads=*) threads="${arg#*=}" ;;
-            --device=*) device="${arg#*=}" ;;
-            --stream=*) stream="${arg#*=}" ;;
-            --engine=*) engine="${arg#*=}" ;;
-            --ray_address=*) ray_address="${arg#*=}" ;;
-            --replicas=*) replicas="${arg#*=}" ;;
-            --fresh=*) fresh="${arg#*=}" ;;
-            -h|--help) usage; exit 0 ;;
-            *) die "unknown argument '$arg' (see --help)" ;;
-        esac
-    done
-    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size=$batch_size: must be a positive integer"
-    [[ "$stream" == true || "$stream" == false ]] || die "--stream=$stream: must be true or false"
-    [[ "$fresh" == true || "$fresh" == false ]] || die "--fresh=$fresh: must be true or false"
-    [[ "$engine" == local || "$engine" == ray ]] || die "--engine=$engine: must be local or ray"
+check_flags() {
+    require_positive_int batch_size
+    require_bool stream fresh
+    require_choice engine local ray
     if [[ "$stream" != true && ( "$engine" != local || -n "$ray_address" || -n "$replicas" ) ]]; then
         die "--engine, --ray_address and --replicas apply to --stream=true"
     fi
-}
-
-default_model() {
-    local om="./convmixer_1536_20_bs${batch_size}.om"
-    case "$backend" in
-        msame|ais_bench) echo "$om" ;;
-        torch) echo "./convmixer_1536_20_ks9_p7.pth.tar" ;;
-        auto) if command -v msame >/dev/null && [[ -f "$om" ]]; then echo "$om"; else echo "./convmixer_1536_20.onnx"; fi ;;
-        *) echo "./convmixer_1536_20.onnx" ;;
-    esac
-}
-
-# run_step NAME LOG CMD...: run CMD (its stdout also into LOG when LOG is not empty), time it,
-# and stop the script with a line naming the step when it fails.
-run_step() {
-    local name="$1" log="$2" status=0
-    shift 2
-    step_started=$(date +%s.%N)
-    if [[ -n "$log" ]]; then
-        "$@" | tee "$log" || status=$?
-    else
-        "$@" || status=$?
-    fi
-    if (( status != 0 )); then
-        echo "$PROG: error: step '$name' failed (exit $status)" >&2
-        exit "$status"
-    fi
-    step_seconds=$(echo "$step_started $(date +%s.%N)" | awk '{printf "%.3f", $2 - $1}')
 }
 
 # report_rate NAME SECONDS: one "<name>: N images in S s, R images/s" line, N from the manifest.
@@ -108,14 +58,11 @@ report_rate() {
         'BEGIN { printf "    %s: %d images in %.2f s, %.2f images/s (wall clock, start-up included)\n", name, n, s, (s > 0 ? n / s : 0) }'
 }
 
-count_images() {
-    python3 -c 'import sys; sys.path.insert(0, sys.argv[1])
-from convmixer_suite.manifest import read_manifest
-m = read_manifest(sys.argv[2]); print(m.num_images if m else 0)' "$REPO_DIR" "$1"
-}
-
-parse_args "$@"
-[[ -n "$model" ]] || model="$(default_model)"
+parse_flags "$@"
+check_flags
+require_suite
+[[ -n "$model" ]] || model="$(python3 -m convmixer_suite.guide_files default-model --backend "$backend" \
+    --batch-size "$batch_size")"
 readonly bs="$batch_size"
 readonly image_dir="${datasets_path}/val"
 readonly label_file="${datasets_path}/val_label.txt"
@@ -132,6 +79,7 @@ mkdir -p ./result
 runtime_args=(--model "$model" --backend "$backend" --precision "$precision")
 [[ -n "$threads" ]] && runtime_args+=(--threads "$threads")
 [[ -n "$calib" ]] && runtime_args+=(--calib "$calib")
+[[ -n "$max_logit_error" ]] && runtime_args+=(--max-logit-error "$max_logit_error")
 [[ -n "$device" ]] && runtime_args+=(--device "$device")
 if [[ "$fresh" == true ]]; then
     rm -rf -- "$output_dir" "${output_dir}.runs"
@@ -154,7 +102,7 @@ else
     echo "==> 1. preprocessing $image_dir into $prep_dir"
     run_step "1. preprocessing" "" python3 "$REPO_DIR/convmixer_preprocess.py" --image-path "$image_dir" \
         --prep-image "$prep_dir" --batch-size "$bs"
-    num_images="$(count_images "$prep_dir")"
+    num_images="$(python3 -m convmixer_suite.guide_files num-images "$prep_dir")"
     report_rate "preprocessing" "$step_seconds"
 
     echo "==> 2. inference ($backend, $model) into $output_dir, log $log_file"

@@ -11,15 +11,11 @@ msame log: fps = batch_size * 1000 / the "Inference average time without first t
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from convmixer_suite import msame_log
+from convmixer_suite.cli import UserError, run_main
 
-from convmixer_suite.cli import UserError, run_main  # noqa: E402
-
-WITHOUT_FIRST_RE = re.compile(r"Inference average time without first time\s*:\s*([\d.]+)\s*ms")
-AVERAGE_RE = re.compile(r"Inference average time\s*:\s*([\d.]+)\s*ms")
 AIS_BENCH_RE = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\([^)]*\):"
                           r"\s*([\d.eE+-]+)")
 SUMMARY_KEYS = ("throughput", "throughput_images_per_s")
@@ -35,15 +31,6 @@ def parse_args(argv):
 
 def fps_line(batch_size: int, fps: float) -> str:
     return f"bs{batch_size} fps:{fps:.3f}"
-
-
-def msame_fps(text: str, batch_size: int):
-    """fps from an msame log, or None when the text has no average line."""
-    averages_ms = [float(v) for v in WITHOUT_FIRST_RE.findall(text) if float(v) > 0]
-    averages_ms = averages_ms or [float(v) for v in AVERAGE_RE.findall(text) if float(v) > 0]
-    if not averages_ms:
-        return None
-    return batch_size * 1000.0 / averages_ms[-1]
 
 
 def ais_bench_fps(text: str, path: Path, batch_size: int):
@@ -79,7 +66,7 @@ def result_lines(path: Path, batch_size: int) -> list:
         return json_lines(json.loads(text), batch_size)
     except ValueError:
         pass
-    for fps in (msame_fps(text, batch_size), ais_bench_fps(text, path, batch_size)):
+    for fps in (msame_log.fps_from_log(text, batch_size), ais_bench_fps(text, path, batch_size)):
         if fps is not None:
             return [fps_line(batch_size, fps)]
     return []

@@ -16,46 +16,15 @@ readonly OM_BASE="convmixer_1536_20"
 readonly ASCEND_ENV="/usr/local/Ascend/ascend-toolkit/set_env.sh"
 readonly DEFAULT_SOC="Ascend310P3"
 
+readonly FLAGS=(batch_size not_skip_onnx soc_version source download)
 batch_size=1
 not_skip_onnx=true
 soc_version=""
-source_path="./convmixer_1536_20_ks9_p7.pth.tar"
+source="./convmixer_1536_20_ks9_p7.pth.tar"
 download=true
 
-die() {
-    echo "$PROG: error: $*" >&2
-    exit 1
-}
-
-usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
-
-parse_args() {
-    local arg
-    for arg in "$@"; do
-        case "$arg" in
-            --batch_size=*) batch_size="${arg#*=}" ;;
-            --not_skip_onnx=*) not_skip_onnx="${arg#*=}" ;;
-            --soc_version=*) soc_version="${arg#*=}" ;;
-            --source=*) source_path="${arg#*=}" ;;
-            --download=*) download="${arg#*=}" ;;
-            -h|--help) usage; exit 0 ;;
-            *) echo "$PROG: error: unknown argument '$arg' (expected --batch_size=N --not_skip_onnx=true|false" \
-                    "--soc_version=SOC --source=CHECKPOINT --download=true|false)" >&2
-               exit 2 ;;
-        esac
-    done
-    [[ "$batch_size" =~ ^[1-9][0-9]*$ ]] || die "--batch_size must be a positive integer, got '$batch_size'"
-    [[ "$not_skip_onnx" == true || "$not_skip_onnx" == false ]] \
-        || die "--not_skip_onnx must be true or false, got '$not_skip_onnx'"
-    [[ "$download" == true || "$download" == false ]] || die "--download must be true or false, got '$download'"
-}
-
-# Asks convmixer_net (the one place it lives) for a fact: the input shape.
-model_fact() {
-    PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" python3 -c "import convmixer_net as n; $1"
-}
+# shellcheck source=test/lib.sh
+source "$REPO_DIR/test/lib.sh"
 
 # The chip name from `npu-smi info`'s table (a row like "| 0       310P3     | OK ..."), as atc's soc_version.
 detect_soc() {
@@ -77,11 +46,11 @@ export_onnx() {
         echo "==> 1. reusing $ONNX_FILE (--not_skip_onnx=false)"
         return
     fi
-    echo "==> 1. exporting $source_path to $ONNX_FILE"
-    local export_args=(--source "$source_path" --target "$ONNX_FILE")
+    echo "==> 1. exporting $source to $ONNX_FILE"
+    local export_args=(--source "$source" --target "$ONNX_FILE")
     [[ "$download" == true ]] || export_args+=(--no-download)
     python3 "$REPO_DIR/convmixer_pth2onnx.py" "${export_args[@]}" \
-        || die "ONNX export of $source_path failed (see the message above)"
+        || die "ONNX export of $source failed (see the message above)"
 }
 
 compile_om() {
@@ -91,9 +60,10 @@ compile_om() {
              "$ONNX_FILE runs on the embedded ONNX Runtime backend instead"
         return
     fi
+    require_suite
     [[ -n "$soc_version" ]] || soc_version="$(detect_soc)"
     local chw
-    chw="$(model_fact 'print(",".join(map(str, n.DATA_CONFIG.input_size)))')"
+    chw="$(python3 -m convmixer_suite.guide_files input-shape)"
     echo "==> 2. compiling $ONNX_FILE to $om_name.om with atc (soc $soc_version)"
     local atc_args=(
         --framework=5 --model="$ONNX_FILE" --output="$om_name" --input_format=NCHW
@@ -106,7 +76,9 @@ compile_om() {
 }
 
 main() {
-    parse_args "$@"
+    parse_flags "$@"
+    require_positive_int batch_size
+    require_bool not_skip_onnx download
     if [[ -f "$ASCEND_ENV" ]]; then
         set +u  # the toolkit's script reads unset variables
         # shellcheck disable=SC1090

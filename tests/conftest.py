@@ -13,10 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import convmixer_net
 
-import convmixer_net  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 # A small configuration: the real layer structure at a fraction of the cost (patch 14 as in 1024/20).
 SMALL = dict(dim=32, depth=2, kernel_size=5, patch_size=14)
@@ -76,6 +75,15 @@ def photo_folder(tmp_path):
     for i, size in enumerate(sizes):
         write_photo(folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=size, seed=i)
     return folder
+
+
+@pytest.fixture
+def calib_dir(tmp_path, photo_folder):
+    """The seven photos preprocessed at batch size 2: four files, the last one with a zero padding row."""
+    out = tmp_path / "prep"
+    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", out, "--batch-size", "2",
+               "--workers", "1", check=True)
+    return out
 
 
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):

@@ -1,7 +1,9 @@
 """The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
-bisection's logic, the accuracy log read back), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
+bisection's logic, user.conf read through FromConfig; mlperf_layout: the accuracy log read back, accuracy.txt,
+val_map.txt, the submission folders), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
 the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -53,23 +55,66 @@ def test_server_bisection_finds_the_highest_passing_qps(capacity):
     assert capacity - 10.0 / 2 ** 5 <= (best.qps if best else 0.0) <= capacity
 
 
-def test_accuracy_log_is_read_back_by_sample_index(tmp_path):
-    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
-    entries = [{"seq_id": i, "qsl_idx": idx, "data": logits[idx].tobytes().hex().upper()}
-               for i, idx in enumerate([2, 0, 1])]
+def test_accuracy_log_is_read_back_by_sample_index_and_scored_into_accuracy_txt(tmp_path):
+    import hashlib
+    from convmixer_suite import mlperf_layout
+    classes = [7, 3, 999]
+    entries = [{"seq_id": i, "qsl_idx": idx, "data": np.float32(classes[idx]).tobytes().hex().upper()}
+               for i, idx in enumerate([2, 0, 1, 2])]  # sample 2 logged twice: counted once
     (tmp_path / "mlperf_log_accuracy.json").write_text(json.dumps(entries))
-    np.testing.assert_array_equal(lh.accuracy_logits(tmp_path, 3), logits)
+    np.testing.assert_array_equal(mlperf_layout.classes_by_sample(tmp_path, 3), classes)
+    scored = mlperf_layout.write_accuracy_txt(tmp_path, [7, 4, 999])
+    digest = hashlib.sha256((tmp_path / "mlperf_log_accuracy.json").read_bytes()).hexdigest()
+    assert (tmp_path / "accuracy.txt").read_text() == f"accuracy=66.667%, good=2, total=3\nhash={digest}\n"
+    assert scored["good"] == 2 and scored["total"] == 3
     with pytest.raises(UserError, match=r"samples \[3\]"):
-        lh.accuracy_logits(tmp_path, 4)
+        mlperf_layout.classes_by_sample(tmp_path, 4)
 
 
-def test_offline_expectation_and_server_bound_in_loadgen_settings():
+def test_val_map_and_the_submission_layout(tmp_path):
+    from convmixer_suite import mlperf_layout as ml
+    path = ml.write_val_map(tmp_path, ["b.JPEG", "a.JPEG"], [5, 0])
+    assert path.name == "val_map.txt" and path.read_text() == "b.JPEG 5\na.JPEG 0\n"
+    system = ml.system_name(ml.cpu_hardware_name({"model_name": "AMD EPYC 9R45", "family": "26", "model": "2",
+                                                  "logical_cpus": 2}), "openvino-int8")
+    assert system == "AMD_EPYC_9R45_f26m2_2cpus_openvino-int8"
+    assert ml.results_dir("o", system, "convmixer_1536_20", "Offline") == \
+        Path("o/results") / system / "convmixer_1536_20/Offline/performance/run_1"
+    assert ml.results_dir("o", system, "m", "Offline", accuracy=True) == Path("o/results") / system / "m/Offline/accuracy"
+    assert ml.measurements_dir("o", system, "m", "Server") == Path("o/measurements") / system / "m/Server"
+
+
+def test_settings_come_from_mlperf_conf_and_our_user_conf(tmp_path):
+    """Our user.conf's keys reach LoadGen's TestSettings through FromConfig; LoadGen's built-in mlperf.conf
+    fills the rest (its Server p99 percentile), and reading them again in the same process changes nothing."""
     lg = pytest.importorskip("mlperf_loadgen")
-    settings = lh.LoadGenSettings(min_duration_ms=300, min_query_count=64)
-    ts = lh.test_settings(lg, "Server", settings, latency_ms=20.0, throughput_qps=40.0, server_qps=30.0)
-    assert ts.server_target_latency_ns == 60_000_000 and ts.server_target_qps == 30.0
-    assert ts.offline_expected_qps == pytest.approx(60.0) and ts.single_stream_expected_latency_ns == pytest.approx(20e6 / 1.5, abs=1)
-    assert ts.min_duration_ms == 300 and ts.min_query_count == 64
+    settings = lh.LoadGenSettings(min_duration_ms=300, min_query_count=64, server_queries=500)
+    server = lh.scenario_conf(settings, "Server", latency_ms=20.0, throughput_qps=40.0, server_qps=30.0)
+    conf = lh.write_user_conf(tmp_path / "Server" / "user.conf", "m", "Server", server)
+    assert "m.Server.target_qps = 30.0\n" in conf.read_text()
+    for _ in range(2):
+        ts = lh.test_settings(lg, "Server", conf, "m")
+        assert ts.server_target_latency_ns == 60_000_000 and ts.server_target_qps == 30.0
+        assert ts.server_target_latency_percentile == pytest.approx(0.99)  # mlperf.conf's
+        assert ts.min_duration_ms == 300 and ts.min_query_count == 500  # the final run: --server-queries
+    step = lh.scenario_conf(settings, "Server", latency_ms=20.0, throughput_qps=40.0, server_qps=30.0, final=False)
+    assert step["min_query_count"] == 64 and step["min_duration"] == settings.bisection_min_duration_ms
+    offline = lh.write_user_conf(tmp_path / "o.conf", "m", "Offline", lh.scenario_conf(
+        settings, "Offline", latency_ms=20.0, throughput_qps=40.0))
+    single = lh.write_user_conf(tmp_path / "s.conf", "m", "SingleStream", lh.scenario_conf(
+        settings, "SingleStream", latency_ms=20.0, throughput_qps=40.0))
+    assert lh.test_settings(lg, "Offline", offline, "m").offline_expected_qps == pytest.approx(60.0)
+    ts = lh.test_settings(lg, "SingleStream", single, "m", accuracy=True)
+    assert ts.single_stream_expected_latency_ns == pytest.approx(20e6 / 1.5, abs=1)
+    assert ts.mode == lg.TestMode.AccuracyOnly
+    conf = lh.write_user_conf(tmp_path / "sub.conf", "m", "Offline", lh.scenario_conf(
+        lh.LoadGenSettings(**lh.SUBMISSION), "Offline", latency_ms=20.0, throughput_qps=40.0))
+    ts = lh.test_settings(lg, "Offline", conf, "m")
+    assert ts.min_duration_ms == 600_000  # mlperf.conf's minimum, left as it is
+    assert ts.performance_sample_count_override == 1024 and ts.min_query_count == 24_576
+    (tmp_path / "bad.conf").write_text("m.Offline.target_qps = fast\n")
+    with pytest.raises(UserError, match="bad.conf"):
+        lh.test_settings(lg, "Offline", tmp_path / "bad.conf", "m")
 
 
 def test_cpuinfo_is_parsed_with_the_speed_flags():
@@ -130,3 +175,83 @@ def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
     assert any(r["node_type"] in ("Conv", "FusedConv") for r in rows)
     table = profile_markdown("onnxruntime-fp32", rows)
     assert table[0].startswith("Layer-by-layer profile of onnxruntime-fp32") and len(table) == 4 + min(len(rows), 15)
+
+
+def test_server_final_run_is_repeated_at_half_the_qps_while_its_bound_fails(tmp_path):
+    """A short bisection step can pass by luck: the long final run that fails its bound is kept under
+    bisection/ and repeated at half the QPS, at most FINAL_ATTEMPTS runs in all."""
+    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    verdicts = iter(["NO", "NO", "Yes"])
+    tried = []
+
+    def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
+        log_dir = tmp_path / "results" / "run_1"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / "mlperf_log_summary.txt").write_text(f"qps {conf['target_qps']}\n")
+        tried.append(conf["target_qps"])
+        assert conf["min_query_count"] == 1024  # --server-queries: the final run is the long one
+        return lh.ScenarioResult(config, scenario, str(log_dir), "VALID", {},
+                                 {lh.PERFORMANCE_CONSTRAINTS: next(verdicts)}, {"server_target_qps": conf["target_qps"]})
+    harness.run = fake_run
+    final, attempts = harness.server_final(None, None, "c", 10.0, 100.0, 80.0, tmp_path / "steps")
+    assert tried == [80.0, 40.0, 20.0] and final is attempts[-1]
+    assert [Path(a.log_dir) for a in attempts] == [tmp_path / "steps/final_0", tmp_path / "steps/final_1",
+                                                    tmp_path / "results/run_1"]
+    assert (tmp_path / "steps/final_1/mlperf_log_summary.txt").read_text() == "qps 40.0\n"
+    verdicts = iter(["NO"] * 5)
+    tried.clear()
+    final, attempts = harness.server_final(None, None, "c", 10.0, 100.0, 80.0, tmp_path / "steps2")
+    assert len(attempts) == lh.FINAL_ATTEMPTS == 3 and final.summary[lh.PERFORMANCE_CONSTRAINTS] == "NO"
+
+
+def test_a_performance_sample_count_above_the_images_repeats_them():
+    """MLPerf's 1024 performance samples from the images held: sample i is image i mod N."""
+    made = {}
+    fake_lg = SimpleNamespace(ConstructQSL=lambda total, performance, load, unload: made.update(
+        total=total, performance=performance) or "qsl")
+    images = np.arange(3, dtype=np.float32).reshape(3, 1, 1, 1)
+    qsl = lh.QuerySampleLibrary(fake_lg, images, performance_sample_count=1024)
+    assert made == {"total": 1024, "performance": 1024}
+    assert qsl.batch([0, 4, 1023]).ravel().tolist() == [0.0, 1.0, 0.0]
+    lh.QuerySampleLibrary(fake_lg, images)
+    assert made == {"total": 3, "performance": 3}
+
+
+def test_a_run_that_outran_its_expectation_is_rerun_with_a_faster_one(tmp_path):
+    """LoadGen generates the queries from the expected rate: a run that left its minimum duration unfilled is
+    run again expecting LoadGen's measured rate or twice the last expectation, at most SIZING_RUNS times."""
+    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    expected, filled = [], iter(["NO", "NO", "Yes"])
+
+    def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
+        expected.append(conf["target_qps"])
+        return lh.ScenarioResult(config, scenario, "x", "VALID", {"Samples per second": "30.0"},
+                                 {"Min duration satisfied": next(filled)}, {})
+    harness.run = fake_run
+    run = harness.sized(None, None, "c", "Offline", 10.0, 10.0, 2)
+    assert expected == pytest.approx([15.0, 45.0, 90.0])  # 1.5x of 10, of max(30, 20), of max(30, 60)
+    assert run.settings["runs_to_fill_min_duration"] == 3
+
+
+def test_without_loadgen_the_scenarios_say_how_to_install_it(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # an import of it now fails
+    with pytest.raises(UserError, match=r"--scenarios \(MLPerf LoadGen\).*requirements-bench.txt"):
+        lh.import_loadgen()
+
+
+def test_submission_durations_leave_mlperf_conf_its_600_s():
+    """--submission-durations: no minimum duration or query count of ours (mlperf.conf's 600 s stand),
+    MLPerf's 1024 performance samples and Offline's 24576; --quick's short runs otherwise."""
+    import importlib.util
+    from convmixer_suite.bench_run import loadgen_settings
+    spec = importlib.util.spec_from_file_location("benchmark_cli", Path(__file__).parent.parent / "test/benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    quick = loadgen_settings(cli.parse_args(["--quick", "--out", "o"]))
+    assert (quick.min_duration_ms, quick.min_query_count, quick.server_queries) == (200, 64, 1024)
+    assert quick.performance_sample_count is None
+    full = loadgen_settings(cli.parse_args(["--quick", "--out", "o", "--submission-durations", "--server-steps", "4"]))
+    assert full.min_duration_ms is None and full.min_query_count is None and full.server_queries is None
+    assert (full.performance_sample_count, full.offline_min_query_count) == (1024, 24_576)
+    assert (full.bisection_min_duration_ms, full.server_bisection_steps) == (200, 4)

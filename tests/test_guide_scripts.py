@@ -1,5 +1,5 @@
 """Our files read by the guide's own scripts (ModelZoo's convmixer_eval_acc.py, convmixer_preprocess.py and
-test/parse.py), as FORMATS.md describes them: what those scripts do is re-enacted here, step by step, on
+test/parse.py), as docs/formats.md describes them: what those scripts do is re-enacted here, step by step, on
 the real outputs of our scripts, in flat and class-folder layouts, under a work folder whose path contains
 "ms" (where a greedy ``.*ms`` regex finds whatever follows the averages)."""
 import os

@@ -10,15 +10,6 @@ from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 
 
-@pytest.fixture
-def calib_dir(tmp_path, photo_folder):
-    """The seven photos preprocessed at batch size 2: four files, the last one with a zero padding row."""
-    out = tmp_path / "prep"
-    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", out, "--batch-size", "2",
-               "--workers", "1", check=True)
-    return out
-
-
 def photos(calib_dir):
     return np.concatenate([np.fromfile(p, dtype=np.float32).reshape(-1, 3, 224, 224)
                            for p in sorted(calib_dir.glob("input_*.bin"))])[:7]

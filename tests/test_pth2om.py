@@ -11,13 +11,13 @@ import convmixer_net
 
 CHECKPOINT = convmixer_net.ARCHS["convmixer_1536_20"].checkpoint
 
-# FORMATS.md's atc command, word for word, with ${bs} and ${soc} left to fill in.
+# docs/formats.md's atc command, word for word, with ${bs} and ${soc} left to fill in.
 ATC_COMMAND = ('--framework=5 --model=convmixer_1536_20.onnx --output=convmixer_1536_20_bs${bs} --input_format=NCHW '
                '--input_shape=image:${bs},3,224,224 --log=error --soc_version=${soc} '
                '--op_select_implmode=high_performance --optypelist_for_implmode=Gelu')
 
 FAKE_ATC = '''#!{python}
-"""A stand-in for Ascend's atc: every argument must be one of FORMATS.md's command, each exactly once."""
+"""A stand-in for Ascend's atc: every argument must be one of docs/formats.md's command, each exactly once."""
 import json, os, sys
 expected = {expected!r}
 got = sys.argv[1:]
@@ -178,9 +178,9 @@ def test_failed_export_stops_the_script(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["--batch-size=1"], "unknown argument '--batch-size=1'"),
     (["--batch_size", "1"], "unknown argument '--batch_size'"),
-    (["--batch_size=0"], "--batch_size must be a positive integer, got '0'"),
-    (["--not_skip_onnx=yes"], "--not_skip_onnx must be true or false, got 'yes'"),
-    (["--download=no"], "--download must be true or false, got 'no'"),
+    (["--batch_size=0"], "--batch_size=0: must be a positive integer"),
+    (["--not_skip_onnx=yes"], "--not_skip_onnx=yes: must be true or false"),
+    (["--download=no"], "--download=no: must be true or false"),
 ])
 def test_bad_flags_get_a_clear_line(tmp_path, args, expected):
     result = run_script("test/pth2om.sh", *args, cwd=tmp_path)

@@ -1,0 +1,54 @@
+"""pyproject.toml and the requirements files pin the same packages, and the package ships its data file."""
+import re
+import tomllib
+from pathlib import Path
+
+from conftest import REPO
+
+EXTRA_FILES = {"bench": "requirements-bench.txt", "dist": "requirements-dist.txt", "test": "requirements-test.txt"}
+
+
+def pins(path: Path) -> set:
+    """The pinned requirements of a file and of the files it includes with -r."""
+    found = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            found |= pins(path.parent / line[3:].strip())
+        elif line:
+            found.add(line)
+    return found
+
+
+def project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def extra_pins(name: str) -> set:
+    """An extra's pins, with the extras it names (convmixer-suite[bench,dist]) expanded."""
+    found = set()
+    for requirement in project()["optional-dependencies"][name]:
+        nested = re.fullmatch(r"convmixer-suite\[(.+)\]", requirement)
+        if nested:
+            for other in nested.group(1).split(","):
+                found |= extra_pins(other)
+        else:
+            found.add(requirement)
+    return found
+
+
+def test_dependencies_are_requirements_txt():
+    assert set(project()["dependencies"]) == pins(REPO / "requirements.txt")
+
+
+def test_each_extra_is_its_requirements_file():
+    base = pins(REPO / "requirements.txt")
+    for extra, file in EXTRA_FILES.items():
+        assert extra_pins(extra) == pins(REPO / file) - base, extra
+
+
+def test_the_class_table_is_package_data():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "imagenet_classes.tsv" in config["package-data"]["convmixer_suite"]
+    assert (REPO / "convmixer_suite" / "imagenet_classes.tsv").is_file()
+    assert config["py-modules"] == ["convmixer_net"] and config["packages"] == ["convmixer_suite"]
