@@ -35,6 +35,7 @@ import numpy as np
 
 from convmixer_net import ARCHS, DEFAULT_ARCH
 from convmixer_suite.cli import UserError, atomic_path, positive_int, run_main, write_text_atomic
+from convmixer_suite.profiling import profile_backend, profile_markdown
 
 FIDELITY_LIMIT = 0.02          # the issue's "within 2% of fp32": max |diff| / max |logit|
 TARGET_EFFICIENCY = 0.75       # issue 13 item 4: the fastest within the limit vs the same-run int8 ceiling
@@ -51,7 +52,7 @@ IREE_NHWC_FLAGS = ("--iree-opt-data-tiling=true", "--iree-llvmcpu-enable-ukernel
                    "iree-preprocessing-convert-conv-to-channels-last))")
 
 # name -> (kind, options). kinds: backend (convmixer_suite.backends), ov-variant (NNCF options / CPU
-# properties of our own), ncnn, iree. A "dw:" name runs the same kind on the depthwise-alone model.
+# properties of our own), ncnn, iree, torch (depthwise alone only). A "dw:" name runs on the depthwise-alone model.
 CONFIGS = {
     REFERENCE: ("backend", {"backend": "onnxruntime", "precision": "fp32"}),
     PRODUCTION: ("backend", {"backend": "openvino", "precision": "int8"}),
@@ -69,6 +70,8 @@ CONFIGS = {
     "dw:openvino-bf16": ("backend", {"backend": "openvino", "precision": "bf16"}),
     "dw:openvino-int8": ("backend", {"backend": "openvino", "precision": "int8"}),
     "dw:ncnn-fp32": ("ncnn", {}),
+    "dw:torch-fp32": ("torch", {"precision": "fp32"}),
+    "dw:torch-bf16": ("torch", {"precision": "bf16"}),
     "dw:iree-fp32": ("iree", {"flags": ()}),
     "dw:iree-fp32-nhwc": ("iree", {"flags": IREE_NHWC_FLAGS}),
 }
@@ -228,6 +231,35 @@ class IreeRunner:
         return np.concatenate(rows).reshape(len(batch), -1)
 
 
+class TorchDepthwiseRunner:
+    """PyTorch eager (oneDNN's depthwise kernels) on the depthwise-alone model's own weights, fp32 or bf16
+    (autocast): the depthwise path of the runtime that ran a single such layer fastest on the Zen 3."""
+    name = "torch"
+
+    def __init__(self, onnx_path: Path, threads: int, precision="fp32"):
+        self.onnx_path, self.threads, self.precision = Path(onnx_path), threads, precision
+        self.version = "unknown"
+
+    def load(self):
+        import onnx
+        import torch
+        from onnx import numpy_helper
+        self.torch, self.version = torch, torch.__version__
+        torch.set_num_threads(self.threads)
+        model = onnx.load(str(self.onnx_path))
+        weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+        self.layers = [(weights[n.input[1]], weights[n.input[2]]) for n in model.graph.node]
+        return self
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            for weight, bias in self.layers:
+                x = torch.nn.functional.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=weight.shape[0])
+        return x.float().numpy()
+
+
 def write_static_onnx(source: Path, target: Path, opset: int) -> None:
     """``source`` with its batch axis fixed to 1, converted to ``opset`` (IREE's importer wants opset >= 17)."""
     import onnx
@@ -272,7 +304,9 @@ class OpenVinoVariant:
         import hashlib
         import json
 
-        from convmixer_suite.precision import read_calibration
+        from convmixer_suite.precision import int8_model, read_calibration
+        if not any(self.nncf_options.values()):  # CPU properties only: the production model itself
+            return Path(int8_model(self.onnx_path, "openvino", self.calib_dir, self.num_calib))
         samples, _ = read_calibration(self.calib_dir, self.num_calib)
         key = hashlib.sha256(json.dumps(self.nncf_options, sort_keys=True).encode() + str(len(samples)).encode()
                              + Path(self.calib_dir).resolve().as_posix().encode()).hexdigest()[:8]
@@ -284,10 +318,15 @@ class OpenVinoVariant:
         return target
 
     def load(self):
+        """Compiled on the CPU; ``core``, ``model``, ``ov_device``, ``ov_config`` and ``input_shape`` as the
+        openvino backend has them, so convmixer_suite.profiling reads this one too."""
         ov = import_optional("openvino", "openvino", "pip install openvino nncf")
         self.version = ov.get_version()
-        config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads, **self.properties}
-        self.request = ov.Core().compile_model(str(self.quantized_ir()), "CPU", config).create_infer_request()
+        self.core, self.ov_device, self.input_shape = ov.Core(), "CPU", (3, 224, 224)
+        self.ov_config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads,
+                          **self.properties}
+        self.model = self.core.read_model(str(self.quantized_ir()))
+        self.request = self.core.compile_model(self.model, self.ov_device, self.ov_config).create_infer_request()
         return self
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -343,6 +382,8 @@ def make_runner(name, models: dict, work: Path, threads: int, calib: dict, spec,
         return OpenVinoVariant(onnx_path, work, threads, calib[part], num_calib, **options).load()
     if kind == "ncnn":
         return NcnnRunner(onnx_path, work, threads, input_shape).load()
+    if kind == "torch":
+        return TorchDepthwiseRunner(onnx_path, threads, **options).load()
     return IreeRunner(onnx_path, work, threads, input_shape, **options).load()
 
 
@@ -361,7 +402,8 @@ def time_interleaved(runners: dict, inputs: dict, iters: int, warmup: int, log=p
             runner.predict(inputs[name])
             times[name].append((time.perf_counter() - started) * 1000.0)
         seconds = time.perf_counter() - started_round
-        log(f"    round {round_index + 1}/{iters}: {seconds:.0f} s; about {seconds * (iters - round_index - 1):.0f} s left")
+        left = seconds * (iters - round_index - 1)
+        log(f"    round {round_index + 1}/{iters}: {seconds:.0f} s; about {left:.0f} s left")
     return times
 
 
@@ -419,14 +461,25 @@ def markdown(report: dict) -> str:
         eff = f"{r['efficiency']:.2f}" if r.get("efficiency") else ""
         speed = f"{r['speedup_vs_fp32_default']:.2f}" if r.get("speedup_vs_fp32_default") else ""
         lines.append(f"| {r['config']} | {r['version']} | {r['median_ms']:.1f} | {spread} | {fid} | {eff} | {speed} |")
-    target = report["target"]
-    verdict = ["", "no configuration within the limit had a ceiling and a reference to compare with"] if not target else [
-        "", f"Fastest within 2%: {target['fastest']}: efficiency {target['efficiency']:.2f} (target "
-            f"{TARGET_EFFICIENCY}: {'met' if target['efficiency_met'] else 'NOT met'}), {target['speedup']:.2f}x the fp32 "
-            f"default (target {TARGET_SPEEDUP}: {'met' if target['speedup_met'] else 'NOT met'})."]
+    return "\n".join(lines + (depthwise if len(depthwise) > 3 else []) + verdict_lines(report["target"])
+                     + skipped_and_profiles(report)) + "\n"
+
+
+def verdict_lines(target) -> list:
+    if not target:
+        return ["", "no configuration within the limit had a ceiling and a reference to compare with"]
+    met = {True: "met", False: "NOT met"}
+    return ["", f"Fastest within 2%: {target['fastest']}: efficiency {target['efficiency']:.2f} (target "
+                f"{TARGET_EFFICIENCY}: {met[target['efficiency_met']]}), {target['speedup']:.2f}x the fp32 default "
+                f"(target {TARGET_SPEEDUP}: {met[target['speedup_met']]})."]
+
+
+def skipped_and_profiles(report) -> list:
     skipped = [f"- {name}: {why}" for name, why in report["skipped"].items()]
-    return "\n".join(lines + (depthwise if len(depthwise) > 3 else []) + verdict
-                     + (["", "Skipped:"] + skipped if skipped else [])) + "\n"
+    profiles = []
+    for name, rows in report.get("profiles", {}).items():
+        profiles += [""] + profile_markdown(name, rows, limit=8)
+    return (["", "Not loaded:"] + skipped if skipped else []) + profiles
 
 
 # ---- the whole run ---------------------------------------------------------------------------------------
@@ -505,7 +558,7 @@ def load_runners(names, models, calib, work, threads, spec, num_calib, log=print
 
 
 def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=2, iters=5, warmup=1,
-                   num_calib=64, num_fidelity=4, log=print) -> dict:
+                   num_calib=64, num_fidelity=4, profile=False, log=print) -> dict:
     """The whole comparison; returns the report that ``markdown`` prints."""
     from convmixer_suite.ceiling import ceiling_input
     from convmixer_suite.cpu_info import cpu_info, describe_cpu
@@ -526,12 +579,18 @@ def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=
     inputs = {n: images[:1] if n in whole else feature_map for n in runners}
     log(f"==> timing {len(runners)} configurations interleaved, {iters} rounds")
     times = time_interleaved(runners, inputs, iters, warmup, log)
+    profiles = {}
+    if profile:
+        for name in (n for n in whole if runners[n].name == "openvino"):
+            log(f"==> layer profile of {name}")
+            profiles[name] = profile_backend(runners[name], images[:1])
     info = cpu_info()
-    report = summarize(times, fid, {n: f"{r.name} {r.version}" for n, r in runners.items()})
+    report = summarize(times, fid, {n: f"{r.name} {r.version.split('-')[0]}" for n, r in runners.items()})
     report.update(cpu=describe_cpu(info), cpu_info=info, load_before=[round(x, 2) for x in load_before],
                   load_after=[round(x, 2) for x in os.getloadavg()], threads=threads, iters=iters, warmup=warmup,
                   num_calib=num_calib, num_fidelity=num_fidelity, arch=spec.name, checkpoint=str(checkpoint),
-                  skipped=skipped, depthwise_macs=depthwise_macs(spec), models={k: str(v) for k, v in models.items()})
+                  skipped=skipped, depthwise_macs=depthwise_macs(spec), models={k: str(v) for k, v in models.items()},
+                  profiles=profiles)
     return report
 
 
@@ -551,6 +610,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1, help="untimed batches per configuration first (default 1)")
     p.add_argument("--num-calib", type=positive_int, default=64, help="generated calibration pictures (default 64)")
     p.add_argument("--num-images", type=positive_int, default=4, help="held-out fidelity pictures (default 4)")
+    p.add_argument("--profile", action="store_true", help="after the timing, a layer-by-layer profile of each "
+                                                          "whole-model OpenVINO configuration")
     return p.parse_args(argv)
 
 
@@ -561,7 +622,7 @@ def main(argv=None):
         [c for c in args.configs.split(",") if c], ARCHS[args.arch], out / "work",
         checkpoint=Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, threads=args.threads,
         iters=args.iters, warmup=args.warmup, num_calib=args.num_calib, num_fidelity=args.num_images,
-        log=lambda line: print(line, flush=True))
+        profile=args.profile, log=lambda line: print(line, flush=True))
     text = markdown(report)
     write_text_atomic(out / "runtime_compare.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "runtime_compare.md", text)
