@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -117,7 +118,8 @@ def build_depthwise_onnx(spec, path: Path, seed: int = 0) -> Path:
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)],
                               initializer=weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", CEILING_OPSET)])
+    # IR version 8 (opset 17's first): the onnxruntime inside pnnx reads at most IR 13, onnx.helper writes newer
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", CEILING_OPSET)], ir_version=8)
     onnx.checker.check_model(model)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
@@ -150,12 +152,17 @@ class NcnnRunner:
         pnnx = import_optional("pnnx", "ncnn", NCNN_HINT)
         tmp = self.work / f".pnnx-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
-        with contextlib.chdir(tmp), contextlib.redirect_stdout(sys.stderr):  # pnnx writes its side files here
-            pnnx.convert(str(self.onnx_path.resolve()), input_shapes=[[1, *self.input_shape]], input_types=["f32"],
-                         ncnnparam=str(tmp / "m.param"), ncnnbin=str(tmp / "m.bin"))
+        try:
+            with contextlib.chdir(tmp), contextlib.redirect_stdout(sys.stderr):  # pnnx writes its side files here
+                pnnx.convert(str(self.onnx_path.resolve()), input_shapes=[[1, *self.input_shape]],
+                             input_types=["f32"], ncnnparam=str(tmp / "m.param"), ncnnbin=str(tmp / "m.bin"))
+        except FileNotFoundError:  # pnnx reports a failed conversion on stderr, then misses its own output files
+            pass
+        if not (tmp / "m.param").is_file():
+            raise UserError(f"{self.onnx_path}: pnnx could not convert it (its messages are above)")
         os.replace(tmp / "m.bin", weights)
         os.replace(tmp / "m.param", param)
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
         return param, weights
 
     def load(self):
