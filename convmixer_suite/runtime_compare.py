@@ -499,6 +499,10 @@ def prepare_models(spec, work: Path, checkpoint, seed: int, num_calib: int, log=
     from convmixer_suite.export import export_verified
     if checkpoint is None:
         checkpoint = seeded_checkpoint(spec, seed, work)
+    else:
+        held = load_model(checkpoint)[1].name
+        if held != spec.name:
+            raise UserError(f"{checkpoint}: holds {held}, not --arch {spec.name}")
     onnx_path = work / f"{spec.name}-{digest_of(checkpoint)}.onnx"
     if not onnx_path.is_file():
         log(f"==> exporting {checkpoint} to {onnx_path}")

@@ -13,8 +13,15 @@ from convmixer_suite.cli import UserError
 SPEC = ArchSpec("convmixer_16_2_ks5_p28", 16, 2, 5, 28)  # a feature map of 8x8
 
 
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a submodule whose package is missing
+        return False
+
+
 def needs(*modules):
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not installed(m)]
     return pytest.mark.skipif(bool(missing), reason=f"optional runtime not installed: {', '.join(missing)} "
                                                     f"(pip install -r requirements-runtimes.txt)")
 
@@ -90,3 +97,27 @@ def test_iree_agrees_with_onnxruntime(tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 16, 8, 8)).astype(np.float32)
     runner = rc.IreeRunner(path, tmp_path, threads=1, input_shape=(16, 8, 8)).load()
     np.testing.assert_allclose(runner.predict(x).reshape(x.shape), ort_run(path, x), rtol=1e-4, atol=1e-5)
+
+
+@needs("openvino", "nncf")
+def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_onnx, tmp_path, monkeypatch):
+    import openvino as ov
+
+    from convmixer_suite import precision
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):  # batch files without a manifest: precision.read_calibration takes every row
+        rng.standard_normal((1, 3, 224, 224)).astype(np.float32).tofile(calib / f"input_{i:05d}.bin")
+    variant = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, ignore_depthwise=True).load()
+    model = ov.Core().read_model(str(variant.quantized_ir()))
+    grouped = [op for op in model.get_ops() if op.get_type_name() == "GroupConvolution"]
+    pointwise = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    assert grouped and all(op.input_value(0).get_node().get_type_name() != "FakeQuantize" for op in grouped)
+    assert any(op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in pointwise)
+    assert variant.predict(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)).shape == (1, 1000)
+    calls = []
+    monkeypatch.setattr(precision, "int8_model", lambda *args: calls.append(args) or "production.xml")
+    properties_only = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, properties={"PERFORMANCE_HINT": "LATENCY"})
+    assert properties_only.quantized_ir().name == "production.xml"  # the production model, not a new variant
+    assert calls == [(small_onnx, "openvino", calib, 2)]
