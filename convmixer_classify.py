@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-from convmixer_suite import classify
+from convmixer_suite import classify, fidelity
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import UserError, positive_int, print_error, run_main
 from convmixer_suite.imagenet_classes import NUM_CLASSES
@@ -30,6 +30,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="cpu (default), or cuda:N etc. as convmixer_infer.py takes")
     parser.add_argument("--precision", default="fp32", choices=[p for p in PRECISIONS if p != "int8"],
                         help="fp16/bf16: on a GPU (--device cuda:N), or on OpenVINO where the CPU has them")
+    parser.add_argument("--max-logit-error", type=float, default=fidelity.DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+                        help="fp16/bf16: the most max |diff| / max |logit| against fp32 on the first photos before "
+                             "any class is shown (default %(default)s)")
     add_compile_option(parser)
     parser.add_argument("--topk", type=positive_int, default=5, help="classes shown per photo (default 5)")
     parser.add_argument("--no-download", action="store_true",
@@ -52,7 +55,9 @@ def main(argv=None):
     backend = classify.open_model(model_path, args.backend, args.device, allow_download=not args.no_download,
                                   precision=args.precision, compile_mode=args.compile_mode)
     print(f"{model_path} on {backend.describe()}")
-    probabilities = classify.predict_probabilities(backend, np.stack([image for _, image in good]))
+    images = np.stack([image for _, image in good])
+    fidelity.gate(backend, lambda: (images[:fidelity.GATE_IMAGES], "the photos given"), args.max_logit_error)
+    probabilities = classify.predict_probabilities(backend, images)
     for (path, _), row in zip(good, probabilities):
         print(path)
         for guess in classify.top_k(row, args.topk):

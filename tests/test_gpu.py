@@ -328,3 +328,16 @@ def test_a_part_past_its_time_is_killed_with_its_children(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail(f"the part's child {child} outlived it")
+
+
+def test_classify_runs_the_fidelity_gate_of_a_reduced_precision(small_onnx, photo_folder, capsys):
+    pytest.importorskip("openvino")
+    photos = [str(p) for p in sorted(photo_folder.iterdir())[:3]]
+    argv = photos + ["--model", str(small_onnx), "--backend", "openvino", "--precision", "bf16"]
+    assert convmixer_classify.main(argv) == 0
+    out = capsys.readouterr().out
+    if "precision fp32" in out.splitlines()[0]:
+        pytest.skip("this CPU has no bf16: OpenVINO ran fp32, which has no gate")
+    assert "[INFO] fidelity: bf16 on openvino" in out and "the photos given" in out
+    with pytest.raises(UserError, match="above --max-logit-error 0"):
+        convmixer_classify.main(argv + ["--max-logit-error", "0"])
