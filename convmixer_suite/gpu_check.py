@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convmixer_suite.backends import BF16_MIN_CAPABILITY, parse_device
 from convmixer_suite.cli import UserError, positive_int, run_main, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +57,7 @@ BN_CALIBRATION_IMAGES = 8
 FIDELITY_LIMIT = 0.02  # the issue's "logits within 2% of fp32"
 TARGET_IMAGES_PER_S = 3000.0  # issue 14's targets on one H200
 TARGET_BATCH1_MS = 5.0
+GUIDE_T4_FPS = {1: 44.445, 4: 59.353}  # the ModelZoo guide's TensorRT fp16 baseline on a T4
 
 
 def parse_args(argv):
@@ -90,6 +92,9 @@ def parse_args(argv):
         raise UserError(f"--time-limit-s {args.time_limit_s:g}: must exceed {REPORT_RESERVE_S:g}")
     if args.stream_images < 0:
         raise UserError("--stream-images must be 0 or more")
+    kind, args.device_index = parse_device(args.device)
+    if kind not in ("cuda", "cpu"):
+        raise UserError(f"--device {args.device}: the GPU check takes cuda:N (or cpu for a functional check)")
     return args
 
 
@@ -230,9 +235,8 @@ def stream_part(args, inputs: dict, result: dict, save, deadline: float) -> None
     """convmixer_stream_eval.py on the generated pictures, in the reduced precision the card runs best."""
     import torch
     precision = "fp32"
-    if args.device != "cpu":
-        index = int(args.device.partition(":")[2] or 0)
-        precision = "bf16" if torch.cuda.get_device_capability(index) >= (8, 0) else "fp16"
+    if args.device_index is not None:
+        precision = "bf16" if torch.cuda.get_device_capability(args.device_index) >= BF16_MIN_CAPABILITY else "fp16"
     out = work_folder(args) / "stream"
     dataset = inputs["dataset"]
     argv = [sys.executable, str(REPO / "convmixer_stream_eval.py"), "--model", str(inputs["checkpoint"]),
@@ -325,7 +329,7 @@ def run_parts(args, argv, started: float) -> dict:
     return results
 
 
-def device_info(device: str) -> dict:
+def device_info(device: str, index) -> dict:
     import torch
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "device": device, "cpu_count": os.cpu_count()}
@@ -335,8 +339,7 @@ def device_info(device: str) -> dict:
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         info["onnxruntime"] = None
-    if device != "cpu":
-        index = int(device.partition(":")[2] or 0)
+    if index is not None:
         properties = torch.cuda.get_device_properties(index)
         info.update(name=properties.name, capability=f"{properties.major}.{properties.minor}",
                     memory_gib=round(properties.total_memory / 2**30, 1),
@@ -403,6 +406,8 @@ def markdown(report: dict) -> str:
         lines += ["", "## Streaming evaluation", "", f"`{stream.get('command', '')}`", ""]
         lines += ([f"    {line}" for line in stream.get("stage_lines", [])] or [f"not measured: {stream.get('error')}"])
     lines += ["", "## Targets (issue 14)", ""] + target_lines(results)
+    lines += ["", f"For comparison, the guide's T4 with TensorRT fp16: {GUIDE_T4_FPS[1]} images/s at batch 1, "
+                  f"{GUIDE_T4_FPS[4]} at batch 4 (the guide's figures, not measured here)."]
     return "\n".join(lines) + "\n"
 
 
@@ -412,14 +417,14 @@ def main(argv=None):
     if args.part:
         return run_part(args)
     import torch
-    if args.device != "cpu" and not torch.cuda.is_available():
+    if args.device_index is not None and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA GPU here (torch {torch.__version__}, "
               f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'a CPU-only build'}): nothing measured")
         return 0
     started = time.perf_counter()
     inputs = prepare_inputs(args)
     results = run_parts(args, argv, started)
-    report = {"machine": device_info(args.device), "weights": str(inputs["checkpoint"]) if args.checkpoint else
+    report = {"machine": device_info(args.device, args.device_index), "weights": str(inputs["checkpoint"]) if args.checkpoint else
               "seeded random ConvMixer-1536/20, BatchNorm statistics from generated pictures (accuracy means nothing)",
               "batch_sizes": args.batch_sizes, "time_limit_s": args.time_limit_s,
               "elapsed_s": time.perf_counter() - started, "parts": results}

@@ -277,6 +277,7 @@ def test_gpu_check_targets_are_judged_on_what_was_measured():
     (["--batch-sizes", "1,x"], "--batch-sizes '1,x': comma-separated whole numbers"),
     (["--batch-sizes", "0"], "--batch-sizes: at least one, each at least 1"),
     (["--time-limit-s", "5"], "--time-limit-s 5: must exceed 10"),
+    (["--device", "tensorrt:0"], "--device tensorrt:0: the GPU check takes cuda:N"),
 ])
 def test_gpu_check_refuses_bad_arguments(argv, message):
     with pytest.raises(UserError, match=message):
