@@ -20,7 +20,7 @@ The model is ``--checkpoint``, or by default seeded random ConvMixer-1536/20 wei
 BatchNorm statistics taken from generated pictures so that activations keep a realistic scale through the 20
 blocks (PyTorch's default init lets them fade to almost nothing, which would make fp16 look better than it is).
 Accuracy means nothing with them; fidelity between precisions does. Writes ``gpu_check.json`` and
-``gpu_check.md`` into ``--out`` (inputs and per-part results in ``--out``/work). Without a CUDA device it says so
+``gpu_check.md`` into ``--out`` (inputs and per-part results in ``--work``, by default ``--out``/work). Without a CUDA device it says so
 and exits 0; ``--device cpu`` runs the same parts on the CPU as a functional check (fp32 only: the torch backend
 refuses fp16/bf16 there, and the report shows that refusal).
 """
@@ -64,6 +64,9 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", default="gpu_check_results", help="folder for the report (default %(default)s)")
+    p.add_argument("--work", default=None, help="folder for the inputs (random weights, pictures) and the parts' "
+                                                "records (default: --out/work); on a lent device keep it out of "
+                                                "what comes back, e.g. /tmp/gpu_check_work")
     p.add_argument("--device", default="cuda:0", help="cuda:N (default cuda:0), or cpu for a functional check")
     p.add_argument("--checkpoint", default=None, help="weights to run (default: seeded random ConvMixer-1536/20)")
     p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
@@ -101,7 +104,7 @@ def parse_args(argv):
 # ---- inputs ---------------------------------------------------------------------------------------------------
 
 def work_folder(args) -> Path:
-    return Path(args.out) / "work"
+    return Path(args.work) if args.work else Path(args.out) / "work"
 
 
 def random_checkpoint(path: Path, calibration: np.ndarray, seed: int) -> Path:
@@ -429,6 +432,7 @@ def main(argv=None):
               "batch_sizes": args.batch_sizes, "time_limit_s": args.time_limit_s,
               "elapsed_s": time.perf_counter() - started, "parts": results}
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "gpu_check.json", json.dumps(report, indent=1) + "\n")
     text = markdown(report)
     write_text_atomic(out / "gpu_check.md", text)

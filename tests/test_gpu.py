@@ -299,7 +299,8 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
 
 def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint):
     """The parent/child machinery end to end on the CPU: fp32 measured, fp16 refused and reported as such."""
-    done = run_gpu_check("--out", tmp_path / "out", "--device", "cpu", "--checkpoint", small_checkpoint,
+    done = run_gpu_check("--out", tmp_path / "out", "--work", tmp_path / "work", "--device", "cpu",
+                         "--checkpoint", small_checkpoint,
                          "--configs", "torch-cuda-fp32,torch-cuda-fp16", "--batch-sizes", "1,2",
                          "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3", "--time-limit-s", "150")
     assert done.returncode == 0, done.stderr
@@ -314,6 +315,8 @@ def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint):
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| torch-cuda-fp32 |" in markdown and "- batch-1 latency p50 <= 5 ms: not measured" in markdown
     assert report["elapsed_s"] < 150
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert (tmp_path / "work" / "reference_logits.npy").is_file()
 
 
 def test_a_part_past_its_time_is_killed_with_its_children(tmp_path):
