@@ -9,12 +9,14 @@ The result is cached beside the fp32 model as ``<stem>.fp16-<hash>.onnx``; the h
 the converter's version and its parameters, so a rerun reuses it and any change makes a new one. It is written
 under a temporary name and renamed when complete.
 """
-import sys
+import logging
 from pathlib import Path
 
-from convmixer_suite.cli import UserError, atomic_path
+from convmixer_suite.cli import UserError, atomic_path, import_library
 from convmixer_suite.precision import cache_key
 
+LOG = logging.getLogger(__name__)
+NEEDED_BY = "--precision fp16 on onnxruntime"
 # keep_io_types: float32 in and out. Values beyond float16's range are clamped to it by the converter
 # (max_finite_val), tiny ones flushed (min_positive_val): its defaults, recorded in the hash.
 CONVERTER_PARAMS = {"keep_io_types": True, "min_positive_val": 5.96e-08, "max_finite_val": 65504.0}
@@ -25,20 +27,20 @@ def fp16_model(onnx_path) -> Path:
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file() or onnx_path.suffix.lower() != ".onnx":
         raise UserError(f"{onnx_path}: --precision fp16 converts an .onnx model, and this is not one")
-    ort = _import("onnxruntime")
+    ort = import_library("onnxruntime", NEEDED_BY, "pip install onnxruntime")
     key = cache_key(onnx_path, [], {"onnxruntime": ort.__version__, **CONVERTER_PARAMS})
     target = onnx_path.with_name(f"{onnx_path.stem}.fp16-{key}.onnx")
     if target.is_file():
-        print(f"[INFO] fp16: reusing {target}", file=sys.stderr)
+        LOG.info(f"fp16: reusing {target}")
         return target
-    print(f"[INFO] fp16: converting {onnx_path.name} -> {target.name}", file=sys.stderr)
+    LOG.info(f"fp16: converting {onnx_path.name} -> {target.name}")
     convert(onnx_path, target)
     return target
 
 
 def convert(onnx_path: Path, target: Path) -> None:
-    onnx = _import("onnx")
-    _import("onnxruntime")
+    onnx = import_library("onnx", NEEDED_BY, "pip install onnx")
+    import_library("onnxruntime", NEEDED_BY, "pip install onnxruntime")
     from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
 
@@ -51,11 +53,3 @@ def convert(onnx_path: Path, target: Path) -> None:
     with atomic_path(target) as tmp:
         onnx.save(half.model, str(tmp))
         onnx.checker.check_model(str(tmp))
-
-
-def _import(module):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise UserError(f"--precision fp16 on onnxruntime needs the Python package '{module}': "
-                        f"install it with: pip install {module}") from None

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.backends import BF16_MIN_CAPABILITY, parse_device
-from convmixer_suite.cli import UserError, positive_int, run_main, write_text_atomic
+from convmixer_suite.cli import SettingError, UserError, positive_int, run_main, write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -273,15 +273,15 @@ def run_part(args) -> int:
         else:
             config_part(args, args.part, inputs, result, save, deadline)
     except (UserError, subprocess.TimeoutExpired) as exc:
-        result["error"] = str(exc)
+        result["error"] = exc.flag_message() if isinstance(exc, SettingError) else str(exc)
         save()
     return 0
 
 
-def run_bounded(command, timeout_s: float, env=None) -> subprocess.CompletedProcess:
+def run_bounded(command, timeout_s: float) -> subprocess.CompletedProcess:
     """Run ``command`` in a process group of its own; past ``timeout_s`` the whole group is killed (decode workers,
     compile workers and all) and TimeoutExpired raised."""
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as process:
         try:
             stdout, stderr = process.communicate(timeout=timeout_s)
@@ -318,9 +318,8 @@ def run_parts(args, argv, started: float) -> dict:
             continue
         command = [sys.executable, "-m", "convmixer_suite.gpu_check", *argv, "--part", part,
                    "--budget-s", f"{max(1.0, share - KILL_GRACE_S):.1f}"]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         try:
-            done = run_bounded(command, share, env)
+            done = run_bounded(command, share)
             ended = None if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip()[-400:]}"
         except subprocess.TimeoutExpired:
             ended = f"killed after its {share:.0f} s"

@@ -3,8 +3,9 @@
 # configurations fp32/fp16/bf16 with and without torch.compile at batch 1, 4, 64, 256 (speed and fidelity),
 # and the streaming evaluation on generated pictures. Writes gpu_check.json and gpu_check.md into --out.
 #     bash test/gpu_check.sh --out ./gpu_check_results [--time-limit-s 450] [--checkpoint PATH] ...
-# It runs on the machine's own python3 and installs nothing: a Python package the suite needs and that python
-# lacks is named, with exit status 2. Without a CUDA GPU it says so and exits 0. All options: --help.
+# Run it from the repository root (or with the project installed). It uses the machine's own python3 and
+# installs nothing: a Python package the suite needs and that python lacks is named, with exit status 2.
+# Without a CUDA GPU it says so and exits 0. All options: --help.
 set -euo pipefail
 
 readonly PROG="gpu_check.sh"
@@ -12,6 +13,8 @@ readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # import name -> requirements.txt name: what the check imports
 readonly -A NEEDED=([torch]=torch [onnx]=onnx [onnxruntime]=onnxruntime [numpy]=numpy [PIL]=Pillow
                     [tqdm]=tqdm [safetensors]=safetensors)
+# shellcheck source=test/lib.sh
+source "$REPO_DIR/test/lib.sh"
 
 missing=()
 for module in "${!NEEDED[@]}"; do
@@ -24,5 +27,6 @@ if ((${#missing[@]})); then
          "offline: pip install --no-index --find-links WHEEL_DIR ${missing[*]}) and rerun" >&2
     exit 2
 fi
+require_suite  # from the repository root, or installed (pip install .)
 
-PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" exec python3 -m convmixer_suite.gpu_check "$@"
+exec python3 -m convmixer_suite.gpu_check "$@"

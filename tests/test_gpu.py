@@ -16,7 +16,7 @@ import convmixer_stream_eval
 from conftest import REPO
 from convmixer_suite import backends, gpu_check
 from convmixer_suite.backends import Backend, OnnxRuntimeBackend, create_backend
-from convmixer_suite.cli import UserError
+from convmixer_suite.cli import SettingError, UserError
 from convmixer_suite.fp16_onnx import fp16_model
 from convmixer_suite.stream import StreamTimes, local_results
 
@@ -24,8 +24,10 @@ IMAGE = (3, 224, 224)
 
 
 def one_line_error(excinfo) -> str:
+    """The library's message, one line; a command line words it with its flag (``--precision …``)."""
     message = str(excinfo.value)
     assert "\n" not in message
+    assert not isinstance(excinfo.value, SettingError) or excinfo.value.flag_message() == "--" + message
     return message
 
 
@@ -59,7 +61,7 @@ def test_classify_takes_no_int8(capsys):
 
 
 def test_compile_is_refused_where_it_does_not_apply(small_onnx):
-    with pytest.raises(UserError, match="--compile applies to the torch backend") as excinfo:
+    with pytest.raises(UserError, match="compile applies to the torch backend") as excinfo:
         create_backend("onnxruntime", small_onnx, compile_mode="reduce-overhead")
     one_line_error(excinfo)
 
@@ -68,7 +70,7 @@ def test_compile_is_refused_where_it_does_not_apply(small_onnx):
 
 def test_torch_fp16_and_bf16_on_cpu_are_refused(small_checkpoint):
     for precision in ("fp16", "bf16"):
-        with pytest.raises(UserError, match=f"--precision {precision} on the torch backend runs on --device cuda:N") \
+        with pytest.raises(UserError, match=f"precision {precision} on the torch backend runs on --device cuda:N") \
                 as excinfo:
             create_backend("torch", small_checkpoint, precision=precision)
         assert "openvino" in one_line_error(excinfo)
@@ -76,7 +78,7 @@ def test_torch_fp16_and_bf16_on_cpu_are_refused(small_checkpoint):
 
 def test_cuda_without_a_gpu_is_one_line(small_checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserError, match=r"--device cuda:0: this torch \(.*\) sees no CUDA device") as excinfo:
+    with pytest.raises(UserError, match=r"device cuda:0: this torch \(.*\) sees no CUDA device") as excinfo:
         create_backend("torch", small_checkpoint, device="cuda:0", precision="fp16")
     one_line_error(excinfo)
 
@@ -96,18 +98,18 @@ def test_bf16_on_a_card_before_ampere_is_one_line(small_checkpoint, fake_card):
     fake_card((7, 5))
     with pytest.raises(UserError) as excinfo:
         create_backend("torch", small_checkpoint, device="cuda:0", precision="bf16")
-    assert one_line_error(excinfo) == ("--precision bf16: cuda:0 (Tesla T4) has compute capability 7.5; bf16 needs "
+    assert one_line_error(excinfo) == ("precision bf16: cuda:0 (Tesla T4) has compute capability 7.5; bf16 needs "
                                        "8.0 or later (Ampere); use fp16")
 
 
 def test_a_card_that_is_not_there_is_one_line(small_checkpoint, fake_card):
     fake_card((9, 0), "NVIDIA H200")
-    with pytest.raises(UserError, match=r"--device cuda:1: torch sees 1 CUDA device\(s\), cuda:0 to cuda:0"):
+    with pytest.raises(UserError, match=r"device cuda:1: torch sees 1 CUDA device\(s\), cuda:0 to cuda:0"):
         create_backend("torch", small_checkpoint, device="cuda:1", precision="bf16")
 
 
 def test_onnxruntime_fp16_on_cpu_is_one_line(small_onnx):
-    with pytest.raises(UserError, match="--precision fp16 on onnxruntime runs on --device cuda:N") as excinfo:
+    with pytest.raises(UserError, match="precision fp16 on onnxruntime runs on --device cuda:N") as excinfo:
         create_backend("onnxruntime", small_onnx, precision="fp16")
     one_line_error(excinfo)
 
@@ -115,7 +117,7 @@ def test_onnxruntime_fp16_on_cpu_is_one_line(small_onnx):
 def test_openvino_fp16_needs_the_device_to_report_it(small_onnx, monkeypatch):
     pytest.importorskip("openvino")
     monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "BF16"]))
-    with pytest.raises(UserError, match=r"--precision fp16: OpenVINO's CPU has no fp16 inference here \(its "
+    with pytest.raises(UserError, match=r"precision fp16: OpenVINO's CPU has no fp16 inference here \(its "
                                         r"OPTIMIZATION_CAPABILITIES: FP32, BF16; on a CPU fp16 needs AVX512_FP16"):
         create_backend("openvino", small_onnx, precision="fp16")
     monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "FP16"]))
@@ -286,7 +288,7 @@ def test_gpu_check_refuses_bad_arguments(argv, message):
 
 def run_gpu_check(*args, timeout=300):
     return subprocess.run(["bash", str(REPO / "test" / "gpu_check.sh"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=REPO)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
