@@ -240,9 +240,12 @@ def stream_part(args, inputs: dict, result: dict, save, deadline: float) -> None
     precision = "fp32"
     if args.device_index is not None:
         precision = "bf16" if torch.cuda.get_device_capability(args.device_index) >= BF16_MIN_CAPABILITY else "fp16"
+    script = REPO / "convmixer_stream_eval.py"
+    if not script.is_file():
+        raise UserError(f"{script}: not found; the stream part runs the script of a repository checkout")
     out = work_folder(args) / "stream"
     dataset = inputs["dataset"]
-    argv = [sys.executable, str(REPO / "convmixer_stream_eval.py"), "--model", str(inputs["checkpoint"]),
+    argv = [sys.executable, str(script), "--model", str(inputs["checkpoint"]),
             "--backend", "torch", "--device", args.device, "--precision", precision,
             "--image-path", str(dataset / "val"), "--annotation-file-path", str(dataset / "val_label.txt"),
             "--result-json-path", str(out), "--json-file-name", "stream.json", "--fresh",
