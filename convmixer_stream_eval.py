@@ -29,8 +29,8 @@ from convmixer_suite.cli import positive_int, run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
-from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, relative_names,
-                                    resumable_job)
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job,
+                                    refuse_other_runs_records, relative_names, resumable_job)
 from convmixer_suite.transform import list_images
 
 TOPK = 5
@@ -119,6 +119,7 @@ def main(argv=None):
     num_batches = -(-len(paths) // args.batch_size)
     job = EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
                   args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad, args.compile_mode)
+    refuse_other_runs_records(job, json_path, fresh=args.fresh)
     figures = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
     job, store, resumed = resumable_job(job, json_path, fresh=args.fresh, flush_s=args.record_every)
     print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"

@@ -24,7 +24,7 @@ from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
-from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
+from convmixer_suite.records import RecordStore, batch_records, check_identity, records_folder, run_identity
 from convmixer_suite.scoring import TopKAccuracy, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
@@ -194,15 +194,25 @@ def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
     return fidelity.gate(backend, held_out, limit, announce)
 
 
+def job_identity(job: EvalJob) -> dict:
+    return run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
+                        batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
+                        calib=job.calib, names=job.names, labels=job.labels)
+
+
+def refuse_other_runs_records(job: EvalJob, json_path, fresh=False) -> None:
+    """Stop at once, writing nothing, when ``json_path``'s record folder holds another run's records (unless
+    ``fresh`` discards them later): before the fidelity gate spends minutes on a run that cannot resume."""
+    if not fresh:
+        check_identity(records_folder(json_path), job_identity(job))
+
+
 def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
     """(``job`` with only the batches not yet recorded, its RecordStore, the number of batches recorded before).
 
     The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
     """
-    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
-                            batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
-                            calib=job.calib, names=job.names, labels=job.labels)
-    store = RecordStore(records_folder(json_path), identity, fresh=fresh,
+    store = RecordStore(records_folder(json_path), job_identity(job), fresh=fresh,
                         **({} if flush_s is None else {"flush_s": flush_s}))
     done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)
     job.batches = [k for k in job.batches if k not in done]
