@@ -11,12 +11,13 @@ with its averages. ``--output`` holds only those timestamp folders; ``<output>.r
 ``<timestamp>_summary.json`` (latency and throughput) and ``<timestamp>_latency_ms.tsv`` (the resume record).
 
 Options beside msame's: --backend auto|onnxruntime|openvino|torch|msame|ais_bench, --threads,
---precision fp32|bf16|int8, --calib DIR (int8 calibration images), --max-logit-error (the fidelity
-gate of bf16/int8), --resume latest|FOLDER.
+--precision fp32|fp16|bf16|int8, --calib DIR (int8 calibration images), --max-logit-error (the fidelity
+gate of fp16/bf16/int8), --compile [MODE] (torch.compile), --resume latest|FOLDER. fp16/bf16 on a GPU:
+--backend torch --device cuda:N (docs/gpu.md).
 """
 import argparse
 
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS
+from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.inference import InferenceOptions, run_inference
@@ -43,6 +44,7 @@ def parse_args(argv):
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the input's first images) before anything is written "
                         "(default %(default)s)")
+    add_compile_option(p)
     p.add_argument("--resume", default=None, metavar="latest|FOLDER",
                    help="continue an interrupted run in its timestamp folder (latest: the newest one under "
                         "--output, or a new run when there is none), skipping finished files")

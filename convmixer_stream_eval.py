@@ -24,13 +24,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite import msame_log
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, resolve_backend
+from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option, resolve_backend
 from convmixer_suite.cli import positive_int, run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
-from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, relative_names,
-                                    resumable_job)
+from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job,
+                                    refuse_other_runs_records, relative_names, resumable_job)
 from convmixer_suite.transform import list_images
 
 TOPK = 5
@@ -53,6 +53,7 @@ def parse_args(argv):
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
     p.add_argument("--threads", default=None, type=positive_int, help="intra-op threads (default: the runtime's)")
+    add_compile_option(p)
     p.add_argument("--device", default=None, help="cpu (default), cuda:N, ... as convmixer_infer.py takes it")
     p.add_argument("--image-path", required=True, help="folder of images (flat, or class subfolders)")
     p.add_argument("--annotation-file-path", required=True, help="val_label.txt")
@@ -101,7 +102,8 @@ def stage_lines(rates: dict, workers: int) -> list:
             f"[INFO] scoring: {rates['scoring_images_per_s']:.0f} images/s",
             f"[INFO] end to end: {rates['end_to_end_images_per_s']:.2f} images/s; pipeline {rates['pipeline_s']:.2f} s "
             f"vs inference {rates['inference_s']:.2f} s: overhead x{rates['pipeline_overhead_ratio']:.3f} "
-            f"({rates['waiting_for_decode_s']:.2f} s waiting for decoded batches)"] + [
+            f"({rates['waiting_for_decode_s']:.2f} s waiting for decoded batches)",
+            f"[INFO] bound by: {rates['bound_stage'] or 'nothing timed'} (the stage with the fewest images/s)"] + [
             f"[INFO] replica {i}: {r['images']} images in {r['batches']} batches, {r['inference_images_per_s']:.2f} "
             f"images/s model execution, {r['end_to_end_images_per_s']:.2f} images/s end to end ({name})"
             for i, (name, r) in enumerate(sorted(rates["replicas"].items()), 1)]
@@ -128,7 +130,8 @@ def main(argv=None):
     backend_name = resolve_backend(args.backend, args.model, args.precision)
     num_batches = -(-len(paths) // args.batch_size)
     job = EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
-                  args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad)
+                  args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad, args.compile_mode)
+    refuse_other_runs_records(job, json_path, fresh=args.fresh)
     figures = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
     job, store, resumed = resumable_job(job, json_path, fresh=args.fresh, flush_s=args.record_every)
     print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"

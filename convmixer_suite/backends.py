@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,20 @@ from convmixer_suite.cli import SettingError, UserError, import_library
 LOG = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("onnxruntime", "openvino", "torch", "msame", "ais_bench")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead: CUDA graphs
+BF16_MIN_CAPABILITY = (8, 0)  # CUDA bf16 arithmetic: Ampere (compute capability 8.0) and later
 IMAGE_SHAPE = tuple(DATA_CONFIG.input_size)          # (3, 224, 224)
 IMAGE_BYTES = int(np.prod(IMAGE_SHAPE)) * 4          # one float32 image
+
+
+def add_compile_option(parser) -> None:
+    """The scripts' ``--compile [MODE]`` (torch backend only)."""
+    parser.add_argument("--compile", dest="compile_mode", nargs="?", const="reduce-overhead", default=None,
+                        choices=COMPILE_MODES, metavar="MODE",
+                        help="torch backend: run the model through torch.compile, MODE one of "
+                             f"{', '.join(COMPILE_MODES)} (default when given: reduce-overhead, i.e. CUDA graphs "
+                             "on a GPU); each new batch size compiles once")
 
 
 def parse_device(device):
@@ -60,9 +72,10 @@ class Backend:
     batch_size = None
     supported_precisions = ("fp32",)
     supported_devices = ("cpu",)
+    compiles = False  # takes --compile (torch.compile)
 
     def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
-                 input_shape=IMAGE_SHAPE):
+                 input_shape=IMAGE_SHAPE, compile_mode=None):
         self.model_path = Path(model_path)
         self.run_path = self.model_path  # the file that runs: the int8 model for int8 (onnx_for_precision)
         self.input_shape = tuple(input_shape)
@@ -71,6 +84,7 @@ class Backend:
         self.device = device
         self.device_kind, self.device_index = parse_device(device)
         self.calib_dir = calib_dir
+        self.compile_mode = compile_mode
         self.loaded = False
         if precision not in PRECISIONS:
             raise SettingError("precision", f"{precision!r}: choose one of {', '.join(PRECISIONS)}")
@@ -82,6 +96,10 @@ class Backend:
                                          f"(it takes: {', '.join(self.supported_devices)})")
         if threads is not None and threads < 1:
             raise SettingError("threads", f"{threads}: must be at least 1")
+        if compile_mode is not None and not self.compiles:
+            raise SettingError("compile", f"applies to the torch backend (torch.compile), not to {self.name}")
+        if compile_mode not in (None,) + COMPILE_MODES:
+            raise SettingError("compile", f"{compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
 
     def load(self):
         """Load the model once; later calls do nothing. Returns self."""
@@ -99,9 +117,18 @@ class Backend:
         """[N,3,224,224] float32 -> [N,num_classes] float32 logits."""
         raise NotImplementedError
 
+    def predict_each(self, batches):
+        """Yield (logits, latency_ms) for each batch of an iterable, in order. A GPU backend overrides it to copy
+        the next batch to the device while this one runs; here each batch is one timed ``predict``."""
+        for batch in batches:
+            started = time.perf_counter()
+            logits = self.predict(batch)
+            yield logits, (time.perf_counter() - started) * 1000.0
+
     def describe(self) -> str:
+        compiled = f", torch.compile mode {self.compile_mode}" if self.compile_mode else ""
         return f"{self.name} {self.version}, precision {self.precision}, device {self.device or 'cpu'}, " \
-               f"threads {self.threads or 'runtime default'}"
+               f"threads {self.threads or 'runtime default'}{compiled}"
 
     def onnx_for_precision(self) -> Path:
         """The .onnx this backend runs: the model itself, or for int8 the quantized model that
@@ -109,17 +136,27 @@ class Backend:
         if self.model_path.suffix.lower() != ".onnx":
             raise UserError(f"{self.model_path}: the {self.name} backend reads an .onnx model "
                             f"(make one with convmixer_pth2onnx.py)")
-        if self.precision == "int8":
+        if self.precision == "fp16" and self.runs_fp16_onnx():
+            from convmixer_suite.fp16_onnx import fp16_model
+            self.run_path = fp16_model(self.model_path)
+        elif self.precision == "int8":
             precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
             self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir,
                                                       sample_shape=self.input_shape))
         return self.run_path
 
+    def runs_fp16_onnx(self) -> bool:
+        """Whether fp16 here means running the float16 ONNX (convmixer_suite.fp16_onnx) rather than the fp32 one
+        with a runtime's own fp16 switch."""
+        return False
+
 
 class OnnxRuntimeBackend(Backend):
-    """ONNX Runtime: CPUExecutionProvider unless --device asks for cuda:N or tensorrt:N."""
+    """ONNX Runtime: CPUExecutionProvider unless --device asks for cuda:N or tensorrt:N. fp16: the CUDA provider
+    runs the float16 ONNX (convmixer_suite.fp16_onnx, float32 in and out), TensorRT its fp16 switch on the
+    fp32 ONNX; the CPU provider takes no fp16."""
     name = "onnxruntime"
-    supported_precisions = ("fp32", "int8")
+    supported_precisions = ("fp32", "fp16", "int8")
     supported_devices = ("cpu", "cuda", "tensorrt")
     PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "tensorrt": "TensorrtExecutionProvider"}
@@ -128,15 +165,19 @@ class OnnxRuntimeBackend(Backend):
         ort = import_library("onnxruntime", f"the {self.name} backend",
                              "pip install onnxruntime  (onnxruntime-gpu for --device cuda:N/tensorrt:N)")
         self.version = ort.__version__
+        if self.precision == "fp16" and self.device_kind == "cpu":
+            raise SettingError("precision", "fp16 on onnxruntime runs on --device cuda:N (a float16 ONNX) or "
+                                            "tensorrt:N (TensorRT's fp16 switch); on a CPU, fp16 runs on --backend "
+                                            "openvino where the CPU has AVX512_FP16 or AMX-FP16")
+        wanted = self.PROVIDERS[self.device_kind]
+        if wanted not in ort.get_available_providers():
+            raise SettingError("device", f"{self.device}: this onnxruntime build has no {wanted} "
+                                         f"(install onnxruntime-gpu, with CUDA/TensorRT, for it)")
         path = self.onnx_for_precision()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
-        wanted = self.PROVIDERS[self.device_kind]
-        if wanted not in ort.get_available_providers():
-            raise SettingError("device", f"{self.device}: this onnxruntime build has no {wanted} "
-                                         f"(install onnxruntime-gpu, with CUDA/TensorRT, for it)")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers(wanted))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
@@ -157,17 +198,30 @@ class OnnxRuntimeBackend(Backend):
         gpu_options = {"device_id": self.device_index}
         chain = [(wanted, gpu_options)]
         if wanted == "TensorrtExecutionProvider":
-            chain.append(("CUDAExecutionProvider", gpu_options))
+            chain = [(wanted, {**gpu_options, **self.tensorrt_options()}), ("CUDAExecutionProvider", gpu_options)]
         return chain + ["CPUExecutionProvider"]
+
+    def tensorrt_options(self) -> dict:
+        """TensorRT builds its engine from the fp32 ONNX, in fp16 where ``trt_fp16_enable`` allows; engines are
+        cached beside the model (building one takes minutes)."""
+        cache = self.model_path.with_name(f"{self.model_path.stem}.trt-cache")
+        return {"trt_fp16_enable": self.precision == "fp16", "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache)}
+
+    def runs_fp16_onnx(self) -> bool:
+        return self.device_kind == "cuda"
 
     def predict(self, batch):
         return self.session.run(None, {self.input_name: check_batch(batch, self.input_shape)})[0]
 
 
 class OpenVinoBackend(Backend):
-    """OpenVINO reading the same .onnx; --precision bf16 sets the inference precision hint."""
+    """OpenVINO reading the same .onnx; --precision bf16/fp16 set the inference precision hint. bf16 falls back
+    to fp32 (with a notice) on a device without it; fp16 is refused on a device that does not report FP16
+    (on CPUs: AVX512_FP16 or AMX-FP16)."""
     name = "openvino"
-    supported_precisions = ("fp32", "bf16", "int8")
+    supported_precisions = ("fp32", "fp16", "bf16", "int8")
+    HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
     supported_devices = ("cpu", "gpu")
 
     def _load(self):
@@ -178,7 +232,11 @@ class OpenVinoBackend(Backend):
         if self.precision == "bf16" and not self.device_has_bf16(core, device):
             LOG.info(f"{device} lacks bf16 support; running fp32 instead")
             self.precision = "fp32"
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        if self.precision == "fp16" and not self.device_has_fp16(core, device):
+            raise SettingError("precision", f"fp16: OpenVINO's {device} has no fp16 inference here (its "
+                                            f"OPTIMIZATION_CAPABILITIES: {', '.join(self.capabilities(core, device))}; "
+                                            f"on a CPU fp16 needs AVX512_FP16 or AMX-FP16); use fp32 or bf16")
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[self.precision]}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         self.core, self.ov_device, self.ov_config = core, device, config
@@ -212,8 +270,16 @@ class OpenVinoBackend(Backend):
         return self.requests[batch_size]
 
     @staticmethod
-    def device_has_bf16(core, device) -> bool:
-        return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+    def capabilities(core, device) -> list:
+        return list(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+
+    @classmethod
+    def device_has_bf16(cls, core, device) -> bool:
+        return "BF16" in cls.capabilities(core, device)
+
+    @classmethod
+    def device_has_fp16(cls, core, device) -> bool:
+        return "FP16" in cls.capabilities(core, device)
 
     def predict(self, batch):
         batch = check_batch(batch, self.input_shape)
@@ -223,9 +289,18 @@ class OpenVinoBackend(Backend):
 
 
 class TorchBackend(Backend):
-    """The PyTorch reference: convmixer_net's model with the checkpoint's weights, CPU or cuda:N."""
+    """The PyTorch reference: convmixer_net's model with the checkpoint's weights, CPU or cuda:N.
+
+    On CUDA the model runs channels_last, fp16/bf16 with its weights converted (half / bfloat16); batches go to
+    the device as float32 and are converted there, logits come back float32. fp32 on CUDA is IEEE fp32 (TF32
+    off), so it is the true fp32 twin the reduced precisions are measured against. ``compile_mode`` wraps the
+    model in torch.compile (``reduce-overhead``: with CUDA graphs), one specialisation per batch size.
+    """
     name = "torch"
+    supported_precisions = ("fp32", "fp16", "bf16")
     supported_devices = ("cpu", "cuda")
+    compiles = True
+    DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
     def _load(self):
         torch = import_library("torch", f"the {self.name} backend",
@@ -235,19 +310,118 @@ class TorchBackend(Backend):
         if self.model_path.suffix.lower() in (".onnx", ".om"):
             raise UserError(f"{self.model_path}: the torch backend loads the checkpoint "
                             f"(.pth, .pth.tar or .safetensors), not a {self.model_path.suffix} file")
-        if self.device_kind == "cuda" and not torch.cuda.is_available():
-            raise SettingError("device", f"{self.device}: this torch build sees no CUDA device")
-        self.torch_device = torch.device("cpu" if self.device_kind == "cpu" else f"cuda:{self.device_index}")
+        if self.device_kind == "cuda":
+            self.torch_device = cuda_device(torch, self.device, self.device_index, self.precision)
+        elif self.precision != "fp32":
+            raise SettingError("precision", f"{self.precision} on the torch backend runs on --device cuda:N; on a "
+                                            f"CPU use --backend openvino (bf16 where the CPU has it, fp16 where it has "
+                                            f"AVX512_FP16 or AMX-FP16)")
+        else:
+            self.torch_device = torch.device("cpu")
         if self.threads:
             torch.set_num_threads(self.threads)
         from convmixer_suite.checkpoint import load_model
         model, self.spec = load_model(self.model_path)
-        self.model = model.to(self.torch_device).eval()
+        self.dtype = getattr(torch, self.DTYPES[self.precision])
+        self.model = self.prepare(model)
+        self.pinned = {}  # (role, shape, slot) -> page-locked host buffer, for predict_each on CUDA
+
+    def prepare(self, model):
+        """The model on its device in eval mode; on CUDA in the run's dtype and channels_last; compiled if asked."""
+        torch = self.torch
+        if self.device_kind == "cuda":
+            model = model.to(device=self.torch_device, dtype=self.dtype, memory_format=torch.channels_last)
+        model = model.to(self.torch_device).eval()
+        return torch.compile(model, mode=self.compile_mode, dynamic=False) if self.compile_mode else model
+
+    def run_model(self, x):
+        """float32 on the device -> float32 logits on the device (converted to the model's dtype and layout)."""
+        if self.device_kind == "cuda":
+            x = x.to(self.dtype).contiguous(memory_format=self.torch.channels_last)
+        if self.compile_mode:
+            self.torch.compiler.cudagraph_mark_step_begin()  # each call a new step: its outputs are copied out first
+        return self.model(x).float()
 
     def predict(self, batch):
         with self.torch.inference_mode():
-            logits = self.model(self.torch.from_numpy(check_batch(batch)).to(self.torch_device))
-        return logits.float().cpu().numpy()
+            logits = self.run_model(self.torch.from_numpy(check_batch(batch)).to(self.torch_device))
+            return logits.cpu().numpy()
+
+    def predict_each(self, batches):
+        """On CUDA: batch k+1 is copied (page-locked buffer, copy stream) and queued while batch k runs; the
+        latency of a batch is its device time from its start to its logits back on the host (CUDA events)."""
+        if self.device_kind != "cuda":
+            yield from super().predict_each(batches)
+            return
+        copy_stream = self.torch.cuda.Stream(device=self.torch_device)
+        previous = None
+        for slot, batch in enumerate(batches):
+            launched = self._launch(self._upload(check_batch(batch), slot % 2, copy_stream), slot % 2)
+            if previous is not None:
+                yield self._collect(*previous)
+            previous = launched
+        if previous is not None:
+            yield self._collect(*previous)
+
+    def _pinned_buffer(self, role, shape, slot):
+        key = (role, tuple(shape), slot)
+        if key not in self.pinned:
+            self.pinned[key] = self.torch.empty(shape, dtype=self.torch.float32, pin_memory=True)
+        return self.pinned[key]
+
+    def _upload(self, batch, slot, copy_stream):
+        """Start copying ``batch`` to the device on ``copy_stream``: (device tensor, event set when it is there)."""
+        torch = self.torch
+        host = self._pinned_buffer("in", batch.shape, slot)
+        host.numpy()[...] = batch  # the buffer of batch k-1, whose copy finished before its logits came back
+        with torch.cuda.stream(copy_stream):
+            x = host.to(self.torch_device, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(copy_stream)
+        return x, ready
+
+    def _launch(self, uploaded, slot):
+        """Queue the model on the batch and the copy of its logits to the host, behind the work queued before."""
+        torch = self.torch
+        x, ready = uploaded
+        compute = torch.cuda.current_stream(self.torch_device)
+        compute.wait_event(ready)
+        x.record_stream(compute)  # made on the copy stream, used on this one: not to be reused before it is done
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(compute)
+        with torch.inference_mode():
+            logits = self.run_model(x)
+            host = self._pinned_buffer("out", logits.shape, slot)
+            host.copy_(logits, non_blocking=True)
+        end.record(compute)
+        return host, start, end
+
+    @staticmethod
+    def _collect(host, start, end):
+        end.synchronize()
+        return host.numpy().copy(), start.elapsed_time(end)
+
+
+def cuda_device(torch, device, index, precision):
+    """The torch.device for cuda:N, after the one-line refusals: no CUDA, no such card, bf16 on a card before
+    Ampere (compute capability 8.0)."""
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise SettingError("device", f"{device}: this torch ({torch.__version__}, {build}) sees no CUDA device")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise SettingError("device", f"{device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if precision == "bf16":
+        capability = tuple(torch.cuda.get_device_capability(index))
+        if capability < BF16_MIN_CAPABILITY:
+            raise SettingError("precision", f"bf16: cuda:{index} ({torch.cuda.get_device_name(index)}) has compute "
+                                            f"capability {capability[0]}.{capability[1]}; bf16 needs "
+                                            f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} or later (Ampere); "
+                                            f"use fp16")
+    torch.backends.cudnn.benchmark = True  # a fixed shape per batch size: cuDNN times its algorithms once
+    torch.backends.cudnn.allow_tf32 = False  # fp32 means IEEE fp32, on every backend of this process alike
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.device(f"cuda:{index}")
 
 
 class ToolBackend(Backend):
@@ -343,7 +517,7 @@ BACKENDS = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, Torch
 
 def resolve_backend(name, model_path, precision="fp32") -> str:
     """``auto``: msame for an .om when msame is on PATH (an .om without msame is refused: no CPU runtime
-    reads it); else, for bf16 (which only OpenVINO runs) and int8 (OpenVINO with NNCF measured about 1.4x
+    reads it); else, for bf16 (which only OpenVINO runs on a CPU) and int8 (OpenVINO with NNCF measured about 1.4x
     faster than ONNX Runtime's QDQ here), openvino when it is installed; else onnxruntime.
     Any other name is checked and returned."""
     if name != "auto":
@@ -366,8 +540,8 @@ def _openvino_route_installed(precision) -> bool:
 
 
 def create_backend(name, model_path, *, threads=None, precision="fp32", device=None,
-                   calib_dir=None, input_shape=IMAGE_SHAPE) -> Backend:
+                   calib_dir=None, input_shape=IMAGE_SHAPE, compile_mode=None) -> Backend:
     """Build and load the named backend (``auto`` resolved by ``resolve_backend``)."""
     name = resolve_backend(name, model_path, precision)
     return BACKENDS[name](model_path, threads=threads, precision=precision, device=device,
-                          calib_dir=calib_dir, input_shape=input_shape).load()
+                          calib_dir=calib_dir, input_shape=input_shape, compile_mode=compile_mode).load()

@@ -43,13 +43,13 @@ def is_checkpoint(model_path) -> bool:
     return Path(model_path).suffix.lower() not in MODEL_SUFFIXES
 
 
-def open_model(model_path, backend="auto", device=None, allow_download=True):
+def open_model(model_path, backend="auto", device=None, allow_download=True, precision="fp32", compile_mode=None):
     """The loaded backend for ``model_path``. A checkpoint runs on PyTorch (``auto`` means torch for it)
     and, when missing under a released checkpoint's name, is downloaded first."""
     if is_checkpoint(model_path):
         model_path = download.ensure_checkpoint(model_path, download=allow_download)
         backend = "torch" if backend == "auto" else backend
-    return create_backend(backend, model_path, device=device)
+    return create_backend(backend, model_path, device=device, precision=precision, compile_mode=compile_mode)
 
 
 def load_photos(paths, transform: EvalTransform) -> tuple:

@@ -107,11 +107,12 @@ def alternatives(backend) -> str:
 
 def cached_record_path(backend, samples: np.ndarray) -> Path:
     """``<model that runs>.fidelity-<hash>.json``: the hash covers that model's bytes, the images, the runtime and
-    its version, the precision, the device and the CPU's int8 class."""
+    its version, the precision, the device, torch.compile's mode and the CPU's int8 class."""
     from convmixer_suite.records import file_sha256
     run_path = Path(backend.run_path)
     identity = {"backend": backend.name, "version": backend.version, "precision": backend.precision,
-                "device": backend.device or "cpu", "threads": backend.threads, "cpu_class": this_int8_class(),
+                "device": backend.device or "cpu", "threads": backend.threads, "compile": backend.compile_mode,
+                "cpu_class": this_int8_class(),
                 "model_sha256": [file_sha256(p) for p in model_files(run_path)]}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(samples, dtype=np.float32).tobytes())

@@ -33,6 +33,7 @@ class InferenceOptions:
     threads: int = None
     precision: str = "fp32"
     calib: str = None
+    compile_mode: str = None
     resume: str = None
     max_logit_error: float = fidelity.DEFAULT_MAX_LOGIT_ERROR
 
@@ -107,7 +108,7 @@ def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
     """Run every unfinished input file and write the summary; ``log`` gets msame's per-file lines."""
     inputs, input_record, is_folder = list_inputs(opts.input)
     backend = create_backend(opts.backend, opts.model, threads=opts.threads, precision=opts.precision,
-                             device=opts.device, calib_dir=opts.calib)
+                             device=opts.device, calib_dir=opts.calib, compile_mode=opts.compile_mode)
     images = sum(images_in_file(p, backend.batch_size) for p in inputs)
     batch_size = backend.batch_size or images_in_file(inputs[0], None)
     log(f"[INFO] backend {backend.describe()}; {len(inputs)} file(s), {images} image(s)")

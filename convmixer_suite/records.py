@@ -108,6 +108,25 @@ def read_records(folder) -> list:
     return read_parts(folder)
 
 
+def check_identity(folder, identity: dict) -> bool:
+    """True when ``folder`` holds the records of the run ``identity`` describes, False when it holds none;
+    a UserError when it holds another run's. Writes nothing."""
+    identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
+    path = Path(folder) / IDENTITY_NAME
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); pass --fresh to start over") from None
+    differing = [key for key in identity if recorded.get(key) != identity[key]]
+    if differing:
+        raise UserError(f"{folder}: holds per-image records of a different run ({', '.join(differing)} "
+                        f"differ{'s' if len(differing) == 1 else ''}); pass --fresh to discard them, "
+                        f"or choose another --result-json-path")
+    return True
+
+
 class RecordStore:
     """The record folder of one run: checks (or writes) its identity, loads what is recorded, appends chunks.
 
@@ -133,21 +152,9 @@ class RecordStore:
             shutil.rmtree(self.folder)
 
     def _open(self, identity: dict) -> None:
-        identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
-        path = self.folder / IDENTITY_NAME
-        if path.is_file():
-            try:
-                recorded = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{path}: unreadable ({exc}); pass --fresh to start over") from None
-            differing = [key for key in identity if recorded.get(key) != identity[key]]
-            if differing:
-                raise UserError(f"{self.folder}: holds per-image records of a different run ({', '.join(differing)} "
-                                f"differ{'s' if len(differing) == 1 else ''}); pass --fresh to discard them, "
-                                f"or choose another --result-json-path")
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(identity, indent=1) + "\n")
+        if not check_identity(self.folder, identity):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.folder / IDENTITY_NAME, json.dumps(identity, indent=1) + "\n")
 
     def done_batches(self, batch_size: int, num_images: int, skip_bad: bool) -> set:
         """Batches whose every image is recorded (an image recorded as bad counts only with ``skip_bad``)."""

@@ -24,7 +24,7 @@ from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
-from convmixer_suite.records import RecordStore, batch_records, records_folder, run_identity
+from convmixer_suite.records import RecordStore, batch_records, check_identity, records_folder, run_identity
 from convmixer_suite.scoring import TopKAccuracy, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
@@ -56,14 +56,19 @@ class StreamTimes:
                 for name, t in self.replicas.items()}
 
     def rates(self) -> dict:
-        """Images/s of each stage, end to end, and the pipeline overhead (end-to-end time over the sum of
-        inference time: 1.0 means the pipeline costs nothing beyond the model)."""
+        """Images/s of each stage, end to end, the stage that bounds the run (the one with the fewest images/s:
+        decode+transform with all its workers, inference, scoring) and the pipeline overhead (end-to-end time over
+        the sum of inference time: 1.0 means the pipeline costs nothing beyond the model)."""
         inference_s = sum(self.inference_ms) / 1000.0
         per = (lambda s: self.num_images / s if s > 0 else 0.0)
+        stages = {"decode+transform": per(self.decode_s) * self.workers, "inference": per(inference_s),
+                  "scoring": per(self.scoring_s)}
+        timed = {name: rate for name, rate in stages.items() if rate > 0}
         return {"decode_transform_images_per_s_per_worker": per(self.decode_s),
-                "decode_transform_images_per_s": per(self.decode_s) * self.workers,
-                "inference_images_per_s": per(inference_s),
-                "scoring_images_per_s": per(self.scoring_s),
+                "decode_transform_images_per_s": stages["decode+transform"],
+                "inference_images_per_s": stages["inference"],
+                "scoring_images_per_s": stages["scoring"],
+                "bound_stage": min(timed, key=timed.get) if timed else None,
                 "end_to_end_images_per_s": per(self.pipeline_s),
                 "first_batch_s": self.first_batch_s,
                 "after_first_batch_images_per_s": ((self.num_images - self.first_batch_images)
@@ -160,6 +165,7 @@ class EvalJob:
     calib: "str | None" = None
     topk: int = 5
     skip_bad: bool = False
+    compile_mode: "str | None" = None  # torch.compile's mode (torch backend)
 
     @property
     def pending_images(self) -> int:
@@ -169,7 +175,8 @@ class EvalJob:
         """Create and load this job's backend (a Ray replica overrides ``device`` and ``threads``); the model
         must take this job's batch size."""
         runtime = {"threads": self.threads, "device": self.device, **overrides}
-        backend = create_backend(self.backend, self.model, precision=self.precision, calib_dir=self.calib, **runtime)
+        backend = create_backend(self.backend, self.model, precision=self.precision, calib_dir=self.calib,
+                                 compile_mode=self.compile_mode, **runtime)
         if backend.batch_size not in (None, self.batch_size):
             raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
                             f"not --batch-size {self.batch_size}")
@@ -187,15 +194,25 @@ def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
     return fidelity.gate(backend, held_out, limit, announce)
 
 
+def job_identity(job: EvalJob) -> dict:
+    return run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
+                        batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
+                        calib=job.calib, names=job.names, labels=job.labels)
+
+
+def refuse_other_runs_records(job: EvalJob, json_path, fresh=False) -> None:
+    """Stop at once, writing nothing, when ``json_path``'s record folder holds another run's records (unless
+    ``fresh`` discards them later): before the fidelity gate spends minutes on a run that cannot resume."""
+    if not fresh:
+        check_identity(records_folder(json_path), job_identity(job))
+
+
 def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
     """(``job`` with only the batches not yet recorded, its RecordStore, the number of batches recorded before).
 
     The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
     """
-    identity = run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
-                            batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
-                            calib=job.calib, names=job.names, labels=job.labels)
-    store = RecordStore(records_folder(json_path), identity, fresh=fresh,
+    store = RecordStore(records_folder(json_path), job_identity(job), fresh=fresh,
                         **({} if flush_s is None else {"flush_s": flush_s}))
     done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)
     job.batches = [k for k in job.batches if k not in done]
@@ -217,12 +234,19 @@ class BatchResult:
 
 
 def local_results(stream: BatchStream, backend, num_images: int, topk=5):
-    """This process's engine: a BatchResult per batch of ``stream``, timing the model execution only."""
+    """This process's engine: a BatchResult per batch of ``stream``, timing the model execution only.
+    ``backend.predict_each`` may take the next batch before it returns this one's logits (a GPU backend copies
+    it to the device while this one runs), so each batch's details wait in ``inflight`` until its logits come."""
     bs = stream.batch_size
-    for k, batch, bad, decode_s, waited in stream:
-        t0 = time.perf_counter()
-        logits = backend.predict(batch)
-        latency_ms = (time.perf_counter() - t0) * 1000.0
+    inflight = deque()
+
+    def batches():
+        for item in stream:
+            inflight.append(item)
+            yield item[1]
+
+    for logits, latency_ms in backend.predict_each(batches()):
+        k, _, bad, decode_s, waited = inflight.popleft()
         classes, scores = top_k(logits[:images_in_batch(k, bs, num_images)], topk, source=f"batch {k}")
         yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
                           decode_s, waited)

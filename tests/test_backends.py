@@ -151,7 +151,7 @@ def test_ais_bench_missing_is_a_clear_error(tmp_path, small_onnx, monkeypatch):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(precision="bf16"), "precision bf16 is not available on the onnxruntime backend"),
-    (dict(precision="fp16"), "precision 'fp16': choose one of fp32, bf16, int8"),
+    (dict(precision="fp8"), "precision 'fp8': choose one of fp32, fp16, bf16, int8"),
     (dict(device="0"), "device 0 does not apply to the onnxruntime backend"),
     (dict(device="npu"), "device 'npu' is not understood"),
     (dict(threads=0), "threads 0: must be at least 1"),

@@ -1,0 +1,349 @@
+"""The GPU path on a machine without one: options, one-line refusals, the float16 ONNX, the stream's feeding order,
+and test/gpu_check.sh (its no-GPU branch, and its parts run on the CPU as a functional check)."""
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import convmixer_classify
+import convmixer_infer
+import convmixer_stream_eval
+from conftest import REPO
+from convmixer_suite import backends, gpu_check
+from convmixer_suite.backends import Backend, OnnxRuntimeBackend, create_backend
+from convmixer_suite.cli import SettingError, UserError
+from convmixer_suite.fp16_onnx import fp16_model
+from convmixer_suite.stream import StreamTimes, local_results
+
+IMAGE = (3, 224, 224)
+
+
+def one_line_error(excinfo) -> str:
+    """The library's message, one line; a command line words it with its flag (``--precision …``)."""
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert not isinstance(excinfo.value, SettingError) or excinfo.value.flag_message() == "--" + message
+    return message
+
+
+# ---- options ----------------------------------------------------------------------------------------------------
+
+def test_scripts_take_fp16_bf16_and_compile():
+    base = ["--model", "m.pth", "--input", "in", "--output", "out", "--device", "cuda:0"]
+    args = convmixer_infer.parse_args(base + ["--precision", "fp16", "--compile"])
+    assert (args.precision, args.compile_mode, args.device) == ("fp16", "reduce-overhead", "cuda:0")
+    assert convmixer_infer.parse_args(base + ["--compile", "max-autotune"]).compile_mode == "max-autotune"
+    assert convmixer_infer.parse_args(base).compile_mode is None
+    stream = convmixer_stream_eval.parse_args(["--model", "m.pth", "--image-path", "i", "--annotation-file-path", "a",
+                                               "--result-json-path", "r", "--json-file-name", "j.json",
+                                               "--precision", "bf16", "--compile", "default"])
+    assert (stream.precision, stream.compile_mode) == ("bf16", "default")
+    photo = convmixer_classify.parse_args(["p.jpg", "--precision", "fp16", "--device", "cuda:1"])
+    assert (photo.precision, photo.compile_mode, photo.device) == ("fp16", None, "cuda:1")
+
+
+@pytest.mark.parametrize("argv", [["--compile", "fast"], ["--precision", "fp8"]])
+def test_bad_gpu_options_are_refused_by_argparse(argv, capsys):
+    with pytest.raises(SystemExit):
+        convmixer_infer.parse_args(["--model", "m", "--input", "i", "--output", "o"] + argv)
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_classify_takes_no_int8(capsys):
+    with pytest.raises(SystemExit):
+        convmixer_classify.parse_args(["p.jpg", "--precision", "int8"])  # it has no --calib
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_compile_is_refused_where_it_does_not_apply(small_onnx):
+    with pytest.raises(UserError, match="compile applies to the torch backend") as excinfo:
+        create_backend("onnxruntime", small_onnx, compile_mode="reduce-overhead")
+    one_line_error(excinfo)
+
+
+# ---- one-line refusals -----------------------------------------------------------------------------------------
+
+def test_torch_fp16_and_bf16_on_cpu_are_refused(small_checkpoint):
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(UserError, match=f"precision {precision} on the torch backend runs on --device cuda:N") \
+                as excinfo:
+            create_backend("torch", small_checkpoint, precision=precision)
+        assert "openvino" in one_line_error(excinfo)
+
+
+def test_cuda_without_a_gpu_is_one_line(small_checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"device cuda:0: this torch \(.*\) sees no CUDA device") as excinfo:
+        create_backend("torch", small_checkpoint, device="cuda:0", precision="fp16")
+    one_line_error(excinfo)
+
+
+@pytest.fixture
+def fake_card(monkeypatch):
+    """torch sees one CUDA card of the given compute capability (nothing runs on it: the checks come first)."""
+    def install(capability, name="Tesla T4"):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    return install
+
+
+def test_bf16_on_a_card_before_ampere_is_one_line(small_checkpoint, fake_card):
+    fake_card((7, 5))
+    with pytest.raises(UserError) as excinfo:
+        create_backend("torch", small_checkpoint, device="cuda:0", precision="bf16")
+    assert one_line_error(excinfo) == ("precision bf16: cuda:0 (Tesla T4) has compute capability 7.5; bf16 needs "
+                                       "8.0 or later (Ampere); use fp16")
+
+
+def test_a_card_that_is_not_there_is_one_line(small_checkpoint, fake_card):
+    fake_card((9, 0), "NVIDIA H200")
+    with pytest.raises(UserError, match=r"device cuda:1: torch sees 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        create_backend("torch", small_checkpoint, device="cuda:1", precision="bf16")
+
+
+def test_onnxruntime_fp16_on_cpu_is_one_line(small_onnx):
+    with pytest.raises(UserError, match="precision fp16 on onnxruntime runs on --device cuda:N") as excinfo:
+        create_backend("onnxruntime", small_onnx, precision="fp16")
+    one_line_error(excinfo)
+
+
+def test_openvino_fp16_needs_the_device_to_report_it(small_onnx, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "BF16"]))
+    with pytest.raises(UserError, match=r"precision fp16: OpenVINO's CPU has no fp16 inference here \(its "
+                                        r"OPTIMIZATION_CAPABILITIES: FP32, BF16; on a CPU fp16 needs AVX512_FP16"):
+        create_backend("openvino", small_onnx, precision="fp16")
+    monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "FP16"]))
+    backend = create_backend("openvino", small_onnx, precision="fp16")  # dynamic batch: compiled at first use
+    assert (backend.precision, backend.ov_config["INFERENCE_PRECISION_HINT"]) == ("fp16", "f16")
+
+
+# ---- the float16 ONNX -------------------------------------------------------------------------------------------
+
+def test_fp16_onnx_keeps_float32_inputs_and_outputs(small_onnx, small_model):
+    path = fp16_model(small_onnx)
+    assert path.parent == small_onnx.parent and path.name.startswith("small.fp16-") and path.suffix == ".onnx"
+    graph = onnx.load(str(path)).graph
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert [t.type.tensor_type.elem_type for t in list(graph.input) + list(graph.output)] == [float32, float32]
+    weights = [t for t in graph.initializer if t.data_type in (float32, float16)]
+    assert weights and all(t.data_type == float16 for t in weights)
+    constants = [n for n in graph.node if n.op_type == "Constant"]
+    assert all(a.t.data_type != float32 for n in constants for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    onnx.checker.check_model(str(path))
+
+
+def test_fp16_onnx_is_made_once_and_renamed_for_another_model(small_onnx, tmp_path):
+    from conftest import export_small_onnx, seeded_model
+    first = fp16_model(small_onnx)
+    stamp = first.stat().st_mtime_ns
+    assert fp16_model(small_onnx) == first and first.stat().st_mtime_ns == stamp
+    other = export_small_onnx(seeded_model(seed=1), tmp_path / "small2.onnx")
+    other.rename(small_onnx)  # the same name, other weights
+    assert fp16_model(small_onnx) != first
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_onnxruntime_cpu_runs_the_fp16_onnx_close_to_fp32(small_onnx, small_model):
+    import onnxruntime as ort
+    batch = np.random.default_rng(0).standard_normal((2, *IMAGE)).astype(np.float32)
+    try:
+        session = ort.InferenceSession(str(fp16_model(small_onnx)), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an ONNX Runtime CPU build without float16 kernels for these operators
+        pytest.skip(f"ONNX Runtime's CPU provider cannot run the fp16 model: {str(exc).splitlines()[0]}")
+    got = session.run(None, {"image": batch})[0]
+    with torch.no_grad():
+        expected = small_model(torch.from_numpy(batch)).numpy()
+    assert got.dtype == np.float32
+    assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max()
+
+
+def test_onnxruntime_gpu_routes_for_fp16(small_onnx):
+    cuda = OnnxRuntimeBackend(small_onnx, precision="fp16", device="cuda:0")  # not loaded: no GPU here
+    assert cuda.onnx_for_precision().name.startswith("small.fp16-")
+    tensorrt = OnnxRuntimeBackend(small_onnx, precision="fp16", device="tensorrt:1")
+    assert tensorrt.onnx_for_precision() == small_onnx  # TensorRT makes fp16 engines from the fp32 graph
+    chain = tensorrt.providers("TensorrtExecutionProvider")
+    assert chain[0] == ("TensorrtExecutionProvider", {
+        "device_id": 1, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(small_onnx.with_name("small.trt-cache"))})
+    assert chain[1:] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+
+
+# ---- feeding the model ------------------------------------------------------------------------------------------
+
+class LookAheadBackend(Backend):
+    """Takes batch k+1 before it gives batch k's logits back, as the CUDA path does; logit 0 is the batch's mean."""
+    name = "lookahead"
+
+    def predict_each(self, batches):
+        previous = None
+        for batch in batches:
+            if previous is not None:
+                yield previous
+            previous = (np.full((len(batch), 10), batch.mean(), np.float32), 1.0)
+        if previous is not None:
+            yield previous
+
+
+def test_the_stream_keeps_each_batch_with_its_details_when_the_backend_looks_ahead():
+    items = [(k, np.full((2, *IMAGE), k, np.float32), [(1, "x", f"bad {k}")] if k == 1 else [], 0.1 * k, 0.0)
+             for k in range(4)]
+
+    class Stream(list):
+        batch_size = 2
+
+    results = list(local_results(Stream(items), LookAheadBackend("m"), num_images=7, topk=1))
+    assert [r.k for r in results] == [0, 1, 2, 3]
+    assert [r.scores[0, 0] for r in results] == [0.0, 1.0, 2.0, 3.0]  # each its own batch's logits
+    assert [r.bad for r in results] == [{}, {1: "bad 1"}, {}, {}] and results[3].classes.shape == (1, 1)
+    assert [r.decode_s for r in results] == [0.0, 0.1, 0.2, 0.30000000000000004]
+
+
+def test_predict_each_on_cpu_is_predict(small_checkpoint):
+    backend = create_backend("torch", small_checkpoint)
+    batches = [np.random.default_rng(i).standard_normal((2, *IMAGE)).astype(np.float32) for i in range(2)]
+    for (logits, latency_ms), batch in zip(backend.predict_each(iter(batches)), batches):
+        np.testing.assert_array_equal(logits, backend.predict(batch))
+        assert latency_ms > 0
+
+
+@pytest.mark.parametrize("decode_s, inference_ms, scoring_s, bound", [
+    (8.0, [500.0], 0.01, "decode+transform"),  # 2 workers: 25 images/s against 200
+    (0.2, [5000.0], 0.01, "inference"),
+    (0.0, [], 0.0, None),
+])
+def test_the_summary_names_the_stage_that_bounds_the_run(decode_s, inference_ms, scoring_s, bound):
+    times = StreamTimes(decode_s=decode_s, inference_ms=inference_ms, scoring_s=scoring_s, num_images=100,
+                        workers=2, pipeline_s=6.0)
+    rates = times.rates()
+    assert rates["bound_stage"] == bound
+    line = [x for x in convmixer_stream_eval.stage_lines(rates, 2) if "bound by" in x]
+    assert line == [f"[INFO] bound by: {bound or 'nothing timed'} (the stage with the fewest images/s)"]
+    assert "ms" not in line[0]  # test/parse.py reads the log's last "…ms"
+
+
+# ---- gpu_check --------------------------------------------------------------------------------------------------
+
+class CountingBackend:
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, batch):
+        self.calls += 1
+        return np.zeros((len(batch), 10), np.float32)
+
+    def predict_each(self, batches):
+        for batch in batches:
+            yield self.predict(batch), 0.5
+
+
+def test_time_batch_stays_within_its_share():
+    backend = CountingBackend()
+    batch = np.zeros((4, *IMAGE), np.float32)
+    assert gpu_check.time_batch(backend, batch, share_end=0.0) == {
+        "measured": False, "why": "no time left in this configuration's share"}
+    ended = gpu_check.time_batch(backend, batch, share_end=__import__("time").perf_counter() + 0.05)
+    assert ended["measured"] and gpu_check.MIN_TIMED_CALLS <= ended["latency_ms"]["count"] <= gpu_check.MAX_TIMED_CALLS
+    calls = gpu_check.WARMUP_CALLS + 2 * ended["latency_ms"]["count"]  # timed calls, then as many pipelined
+    assert backend.calls == calls and ended["pipelined_batch_ms_median"] == 0.5
+
+
+def test_gpu_check_targets_are_judged_on_what_was_measured():
+    def cell(rate, p50):
+        return {"measured": True, "images_per_s": rate, "pipelined_images_per_s": rate / 2,
+                "latency_ms": {"median": p50, "p99": p50}}
+    results = {"reference": {}, "torch-cuda-bf16": {"part": "torch-cuda-bf16", "max_rel_diff": 0.004,
+                                                    "batches": {"1": cell(250.0, 4.0), "256": cell(3500.0, 73.0)}},
+               "torch-cuda-fp16": {"part": "torch-cuda-fp16", "max_rel_diff": 0.03,
+                                   "batches": {"1": {"measured": False, "why": "no time"}}},
+               "torch-cuda-fp32": {"part": "torch-cuda-fp32", "max_rel_diff": 0.0, "batches": {"1": cell(9e9, 0.1)}}}
+    assert gpu_check.target_lines(results) == [
+        "- best images/s in fp16 or bf16 >= 3000: 3500 (torch-cuda-bf16 at batch 256): met",
+        "- batch-1 latency p50 <= 5 ms: 4 (torch-cuda-bf16): met",
+        "- worst max |diff|/max |logit| of fp16/bf16 <= 0.02: 0.03 (torch-cuda-fp16): NOT met"]
+    assert gpu_check.target_lines({}) == [
+        "- best images/s in fp16 or bf16 >= 3000: not measured", "- batch-1 latency p50 <= 5 ms: not measured",
+        "- worst max |diff|/max |logit| of fp16/bf16 <= 0.02: not measured"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--configs", "torch-cuda-fp8"], "--configs: unknown torch-cuda-fp8"),
+    (["--batch-sizes", "1,x"], "--batch-sizes '1,x': comma-separated whole numbers"),
+    (["--batch-sizes", "0"], "--batch-sizes: at least one, each at least 1"),
+    (["--time-limit-s", "5"], "--time-limit-s 5: must exceed 10"),
+    (["--device", "tensorrt:0"], "--device tensorrt:0: the GPU check takes cuda:N"),
+])
+def test_gpu_check_refuses_bad_arguments(argv, message):
+    with pytest.raises(UserError, match=message):
+        gpu_check.parse_args(argv)
+
+
+def run_gpu_check(*args, timeout=300):
+    return subprocess.run(["bash", str(REPO / "test" / "gpu_check.sh"), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
+    done = run_gpu_check("--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("gpu_check: no CUDA GPU here (torch ") and "nothing measured" in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint):
+    """The parent/child machinery end to end on the CPU: fp32 measured, fp16 refused and reported as such."""
+    done = run_gpu_check("--out", tmp_path / "out", "--work", tmp_path / "work", "--device", "cpu",
+                         "--checkpoint", small_checkpoint,
+                         "--configs", "torch-cuda-fp32,torch-cuda-fp16", "--batch-sizes", "1,2",
+                         "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3", "--time-limit-s", "150")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert list(parts) == ["reference", "torch-cuda-fp32", "torch-cuda-fp16"]
+    assert parts["reference"]["max_rel_diff"] == 0.0 and parts["reference"]["top1_agreement"] == 1.0
+    fp32 = parts["torch-cuda-fp32"]
+    assert fp32["max_rel_diff"] == 0.0 and set(fp32["batches"]) == {"1", "2"}
+    assert all(b["measured"] and b["images_per_s"] > 0 and b["latency_ms"]["count"] == 3 for b in fp32["batches"].values())
+    assert parts["torch-cuda-fp16"]["error"].startswith("--precision fp16 on the torch backend runs on --device cuda")
+    markdown = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| torch-cuda-fp32 |" in markdown and "- batch-1 latency p50 <= 5 ms: not measured" in markdown
+    assert report["elapsed_s"] < 150
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
+    assert (tmp_path / "work" / "reference_logits.npy").is_file()
+
+
+def test_a_part_past_its_time_is_killed_with_its_children(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(subprocess.TimeoutExpired):
+        gpu_check.run_bounded(["bash", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], timeout_s=1.0)
+    child = int(pid_file.read_text())
+    for _ in range(50):  # reaped by init once its killed parent is gone
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the part's child {child} outlived it")
+
+
+def test_classify_runs_the_fidelity_gate_of_a_reduced_precision(small_onnx, photo_folder, capsys):
+    pytest.importorskip("openvino")
+    photos = [str(p) for p in sorted(photo_folder.iterdir())[:3]]
+    argv = photos + ["--model", str(small_onnx), "--backend", "openvino", "--precision", "bf16"]
+    assert convmixer_classify.main(argv) == 0
+    out = capsys.readouterr().out
+    if "precision fp32" in out.splitlines()[0]:
+        pytest.skip("this CPU has no bf16: OpenVINO ran fp32, which has no gate")
+    assert "[INFO] fidelity: bf16 on openvino" in out and "the photos given" in out
+    with pytest.raises(UserError, match="above --max-logit-error 0"):
+        convmixer_classify.main(argv + ["--max-logit-error", "0"])

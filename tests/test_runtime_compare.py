@@ -1,0 +1,123 @@
+"""convmixer_suite.runtime_compare: the depthwise-alone model, the summary and target checks, and the optional
+runtimes (ncnn via pnnx, IREE) against ONNX Runtime on a small ConvMixer (skipped where a runtime is missing)."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from convmixer_net import ArchSpec
+from convmixer_suite import runtime_compare as rc
+from convmixer_suite.cli import UserError
+
+SPEC = ArchSpec("convmixer_16_2_ks5_p28", 16, 2, 5, 28)  # a feature map of 8x8
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a submodule whose package is missing
+        return False
+
+
+def needs(*modules):
+    missing = [m for m in modules if not installed(m)]
+    return pytest.mark.skipif(bool(missing), reason=f"optional runtime not installed: {', '.join(missing)} "
+                                                    f"(pip install -r requirements-runtimes.txt)")
+
+
+def ort_run(path, x):
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_depthwise_model_is_the_chain_of_depthwise_convolutions(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+    path = rc.build_depthwise_onnx(SPEC, tmp_path / "dw.onnx")
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy())
+               for t in onnx.load(str(path)).graph.initializer}
+    x = np.random.default_rng(0).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    expected = torch.from_numpy(x)
+    for i in range(SPEC.depth):
+        expected = torch.nn.functional.conv2d(expected, weights[f"dw{i}.weight"], weights[f"dw{i}.bias"],
+                                              padding=SPEC.kernel_size // 2, groups=SPEC.dim)
+    np.testing.assert_allclose(ort_run(path, x), expected.numpy(), rtol=1e-4, atol=1e-5)
+    torch_chain = rc.TorchDepthwiseRunner(path, threads=torch.get_num_threads()).load()
+    np.testing.assert_allclose(torch_chain.predict(x), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert rc.depthwise_macs(SPEC) == 2 * 25 * 16 * 64
+
+
+def fake_times():
+    return {rc.REFERENCE: [100.0, 110.0, 90.0], rc.PRODUCTION: [40.0, 41.0], rc.CEILING: [30.0, 30.0],
+            "ncnn-fp32": [20.0, 20.0], "dw:ncnn-fp32": [5.0]}
+
+
+def test_summary_never_calls_a_configuration_beyond_the_limit_fastest():
+    fid = {rc.REFERENCE: {"max_rel_diff": 0.0, "top1_agreement": 1.0},
+           rc.PRODUCTION: {"max_rel_diff": 0.01, "top1_agreement": 1.0},
+           "ncnn-fp32": {"max_rel_diff": 0.05, "top1_agreement": 0.5}}  # faster, but 5% off
+    report = rc.summarize(fake_times(), fid, {name: "x 1" for name in fake_times()})
+    rows = {r["config"]: r for r in report["rows"]}
+    assert rows["ncnn-fp32"]["within_limit"] is False
+    assert rows[rc.PRODUCTION]["efficiency"] == pytest.approx(30.0 / 40.5)
+    assert rows[rc.PRODUCTION]["speedup_vs_fp32_default"] == pytest.approx(100.0 / 40.5)
+    assert "efficiency" not in rows["dw:ncnn-fp32"]  # a part of the model has no fidelity or efficiency
+    target = report["target"]
+    assert target["fastest"] == rc.PRODUCTION
+    assert target["efficiency_met"] is False and target["speedup_met"] is True
+    text = rc.markdown({**report, "cpu": "test CPU", "load_before": [1], "load_after": [1], "threads": 2,
+                        "iters": 3, "num_fidelity": 2, "skipped": {"iree-fp32": "not installed"},
+                        "depthwise_macs": 1e6})
+    assert "0.05 (over 2%)" in text and "NOT met" in text
+    assert "Not loaded:\n- iree-fp32: not installed" in text
+
+
+def test_an_unknown_configuration_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="unknown nope"):
+        rc.run_comparison(["nope"], SPEC, tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+@needs("ncnn", "pnnx")
+def test_ncnn_via_pnnx_agrees_with_onnxruntime(small_onnx, tmp_path):
+    x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    runner = rc.NcnnRunner(small_onnx, tmp_path, threads=1, input_shape=(3, 224, 224)).load()
+    expected = ort_run(small_onnx, x)
+    got = runner.predict(x)
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-3  # pnnx stores fp16 weights
+    assert runner.convert() == runner.convert()  # cached: the second call converts nothing
+
+
+@needs("iree.compiler", "iree.runtime")
+def test_iree_agrees_with_onnxruntime(tmp_path):
+    path = rc.build_depthwise_onnx(SPEC, tmp_path / "dw.onnx")
+    x = np.random.default_rng(2).standard_normal((2, 16, 8, 8)).astype(np.float32)
+    runner = rc.IreeRunner(path, tmp_path, threads=1, input_shape=(16, 8, 8)).load()
+    np.testing.assert_allclose(runner.predict(x).reshape(x.shape), ort_run(path, x), rtol=1e-4, atol=1e-5)
+
+
+@needs("openvino", "nncf")
+def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_onnx, tmp_path, monkeypatch):
+    import openvino as ov
+
+    from convmixer_suite import precision
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):  # batch files without a manifest: precision.read_calibration takes every row
+        rng.standard_normal((1, 3, 224, 224)).astype(np.float32).tofile(calib / f"input_{i:05d}.bin")
+    variant = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, ignore_depthwise=True).load()
+    model = ov.Core().read_model(str(variant.quantized_ir()))
+    grouped = [op for op in model.get_ops() if op.get_type_name() == "GroupConvolution"]
+    pointwise = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
+    assert grouped and all(op.input_value(0).get_node().get_type_name() != "FakeQuantize" for op in grouped)
+    assert any(op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in pointwise)
+    assert variant.predict(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)).shape == (1, 1000)
+    calls = []
+    monkeypatch.setattr(precision, "int8_model", lambda *args: calls.append(args) or "production.xml")
+    properties_only = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, properties={"PERFORMANCE_HINT": "LATENCY"})
+    assert properties_only.quantized_ir().name == "production.xml"  # the production model, not a new variant
+    assert calls == [(small_onnx, "openvino", calib, 2)]
