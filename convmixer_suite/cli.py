@@ -69,6 +69,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def output_folder(path, flag: str) -> Path:
+    """``path`` as a folder, made if missing; a UserError naming ``flag`` when it is a file or cannot be made."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {folder}: cannot be used as a folder ({exc.strerror})") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.

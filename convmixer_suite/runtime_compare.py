@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_net import ARCHS, DEFAULT_ARCH
-from convmixer_suite.cli import UserError, atomic_path, positive_int, run_main, write_text_atomic
+from convmixer_suite.cli import UserError, atomic_path, output_folder, positive_int, run_main, write_text_atomic
 from convmixer_suite.profiling import profile_backend, profile_markdown
 
 FIDELITY_LIMIT = 0.02          # the "within 2% of fp32": max |diff| / max |logit|
@@ -628,7 +628,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = Path(args.out)
+    out = output_folder(args.out, "--out")
     report = run_comparison(
         [c for c in args.configs.split(",") if c], ARCHS[args.arch], out / "work",
         checkpoint=Path(args.checkpoint) if args.checkpoint else None, seed=args.seed, threads=args.threads,

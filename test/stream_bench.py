@@ -12,7 +12,7 @@ import contextlib
 import json
 
 from convmixer_suite import stream_bench
-from convmixer_suite.cli import positive_int, run_main, write_text_atomic
+from convmixer_suite.cli import output_folder, positive_int, run_main, write_text_atomic
 
 
 def main(argv=None):
@@ -27,6 +27,7 @@ def main(argv=None):
     p.add_argument("--cpus-per-node", type=positive_int, default=1, help="with --cluster-nodes")
     p.add_argument("--json", default=None, help="also write the figures here")
     args = p.parse_args(argv)
+    output_folder(args.work, "--work")
     with contextlib.ExitStack() as stack:
         ray_args = ()
         if args.cluster_nodes:

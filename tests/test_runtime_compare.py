@@ -121,3 +121,20 @@ def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_on
     properties_only = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, properties={"PERFORMANCE_HINT": "LATENCY"})
     assert properties_only.quantized_ir().name == "production.xml"  # the production model, not a new variant
     assert calls == [(small_onnx, "openvino", calib, 2)]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "FILE"], "--out {}: cannot be used as a folder (File exists)"),
+    (["--checkpoint", "MISSING"], "{}: checkpoint not found"),
+])
+def test_the_command_line_refuses_bad_paths_in_one_line(tmp_path, argv, message):
+    import subprocess
+    import sys
+    a_file, missing = tmp_path / "a_file", tmp_path / "missing.pth"
+    a_file.write_text("not a folder")
+    path = {"FILE": a_file, "MISSING": missing}[argv[1]]
+    argv = [argv[0], str(path)] + ([] if argv[0] == "--out" else ["--out", str(tmp_path / "out")])
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.runtime_compare", *argv, "--configs",
+                             "onnxruntime-fp32"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"runtime_compare.py: error: {message.format(path)}"]

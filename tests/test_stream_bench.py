@@ -33,3 +33,16 @@ def test_the_table_has_a_row_per_engine_and_a_line_per_replica():
            "replicas": {"pid 7 on node ab": {"images": 500, "end_to_end_images_per_s": 50.0}}}
     assert table([row]).splitlines()[2:] == ["| ray | 10.0 | 50.0 | 2.00 | 60.0 | 400 |",
                                              "ray replica pid 7 on node ab: 500 images, 50.0 images/s"]
+
+
+def test_the_command_line_refuses_a_file_as_work_folder_and_a_zero_count(tmp_path):
+    from conftest import run_script
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    refused = run_script("test/stream_bench.py", "--work", a_file, "--num-images", 10, "--engines", "local")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [f"stream_bench.py: error: --work {a_file}: cannot be used as a "
+                                                   f"folder (File exists)"]
+    zero = run_script("test/stream_bench.py", "--work", tmp_path / "w", "--num-images", 0)
+    assert zero.returncode == 2 and "--num-images: must be at least 1" in zero.stderr
+    assert not (tmp_path / "w").exists()
