@@ -39,6 +39,7 @@ import numpy as np
 
 from convmixer_suite.backends import BF16_MIN_CAPABILITY, parse_device
 from convmixer_suite.cli import SettingError, UserError, positive_int, run_main, write_text_atomic
+from convmixer_suite.fidelity import compare_logits
 
 REPO = Path(__file__).resolve().parent.parent
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -163,10 +164,9 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 def fidelity(logits: np.ndarray, reference: np.ndarray) -> dict:
     """max |diff| / max |reference logit| and the share of rows whose top-1 class agrees."""
-    scale = float(np.abs(reference).max())
-    return {"max_abs_diff": float(np.abs(logits - reference).max()),
-            "max_rel_diff": float(np.abs(logits - reference).max()) / scale if scale else float("inf"),
-            "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1)))}
+    relative, agree = compare_logits(logits, reference)
+    return {"max_abs_diff": float(np.abs(logits - reference).max()), "max_rel_diff": relative,
+            "top1_agreement": agree / len(reference)}
 
 
 def predict_all(backend, images: np.ndarray, batch_size: int = 4) -> np.ndarray:

@@ -36,6 +36,7 @@ import numpy as np
 
 from convmixer_net import ARCHS, DEFAULT_ARCH
 from convmixer_suite.cli import UserError, atomic_path, output_folder, positive_int, run_main, write_text_atomic
+from convmixer_suite.fidelity import compare_logits
 from convmixer_suite.profiling import profile_backend, profile_markdown
 
 FIDELITY_LIMIT = 0.02          # the issue's "within 2% of fp32": max |diff| / max |logit|
@@ -417,10 +418,9 @@ def time_interleaved(runners: dict, inputs: dict, iters: int, warmup: int, log=p
 def fidelity_of(outputs: dict, reference: str = REFERENCE) -> dict:
     """Per configuration: max |diff| / max |logit| and top-1 agreement against ``reference``'s logits."""
     ref = outputs[reference]
-    max_logit = float(np.abs(ref).max())
-    return {name: {"max_rel_diff": float(np.abs(out - ref).max()) / max_logit,
-                   "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()), "num_images": len(ref)}
-            for name, out in outputs.items()}
+    figures = {name: compare_logits(out, ref) for name, out in outputs.items()}
+    return {name: {"max_rel_diff": relative, "top1_agreement": agree / len(ref), "num_images": len(ref)}
+            for name, (relative, agree) in figures.items()}
 
 
 def summarize(times: dict, fid: dict, versions: dict) -> dict:
