@@ -52,8 +52,8 @@ def main(argv=None):
     if not good:
         raise UserError(f"none of the {len(bad)} photo(s) could be read")
     model_path = args.model or classify.default_model()
-    backend = classify.open_model(model_path, args.backend, args.device, allow_download=not args.no_download,
-                                  precision=args.precision, compile_mode=args.compile_mode)
+    backend = classify.run_config(model_path, args.backend, args.device, allow_download=not args.no_download,
+                                  precision=args.precision, compile_mode=args.compile_mode).create_backend()
     print(f"{model_path} on {backend.describe()}")
     images = np.stack([image for _, image in good])
     fidelity.gate(backend, lambda: (images[:fidelity.GATE_IMAGES], "the photos given"), args.max_logit_error)

@@ -11,7 +11,7 @@ with its averages. ``--output`` holds only those timestamp folders; ``<output>.r
 ``<timestamp>_summary.json`` (latency and throughput) and ``<timestamp>_latency_ms.tsv`` (the resume record).
 
 Options beside msame's: --backend auto|onnxruntime|openvino|torch|msame|ais_bench, --threads,
---precision fp32|fp16|bf16|int8, --calib DIR (int8 calibration images), --max-logit-error (the fidelity
+--precision fp32|fp16|bf16|int8, --calib DIR and --num-calib N (int8 calibration images), --max-logit-error (the fidelity
 gate of fp16/bf16/int8), --compile [MODE] (torch.compile), --resume latest|FOLDER. fp16/bf16 on a GPU:
 --backend torch --device cuda:N (docs/gpu.md).
 """
@@ -21,6 +21,7 @@ from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_opti
 from convmixer_suite.cli import run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.inference import InferenceOptions, run_inference
+from convmixer_suite.run_config import RunConfig, add_num_calib_option
 
 
 def parse_args(argv):
@@ -40,6 +41,7 @@ def parse_args(argv):
     p.add_argument("--threads", default=None, type=int, help="intra-op threads (default: the runtime's own)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of calibration images for --precision int8")
+    add_num_calib_option(p)
     p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the input's first images) before anything is written "
@@ -55,8 +57,11 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    opts = InferenceOptions(**vars(parse_args(argv)))
-    result = run_inference(opts, log=lambda line: print(line, flush=True))
+    args = parse_args(argv)
+    config = RunConfig.from_args(args)
+    opts = InferenceOptions(input=args.input, output=args.output, outfmt=args.outfmt, loop=args.loop,
+                            resume=args.resume, max_logit_error=args.max_logit_error)
+    result = run_inference(config, opts, log=lambda line: print(line, flush=True))
     # msame's averages close the log: the guide's parse.py reads garbage if a later line has "ms"
     print("\n".join(result.average_lines()), flush=True)
     return 0

@@ -24,10 +24,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite import msame_log
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option, resolve_backend
+from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import positive_int, run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
+from convmixer_suite.run_config import RunConfig, add_num_calib_option
 from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
 from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job,
                                     refuse_other_runs_records, relative_names, resumable_job)
@@ -49,6 +50,7 @@ def parse_args(argv):
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
+    add_num_calib_option(p)
     p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
@@ -127,10 +129,9 @@ def main(argv=None):
     names = relative_names(paths, root)
     image_labels = labelled_rows(names, read_labels(args.annotation_file_path), args.annotation_file_path)
     json_path = Path(args.result_json_path) / args.json_file_name
-    backend_name = resolve_backend(args.backend, args.model, args.precision)
+    config = RunConfig.from_args(args, batch_size=args.batch_size)
     num_batches = -(-len(paths) // args.batch_size)
-    job = EvalJob(paths, names, image_labels, args.batch_size, list(range(num_batches)), backend_name, args.model,
-                  args.threads, args.precision, args.device, args.calib, TOPK, args.skip_bad, args.compile_mode)
+    job = EvalJob(paths, names, image_labels, list(range(num_batches)), config, TOPK, args.skip_bad)
     refuse_other_runs_records(job, json_path, fresh=args.fresh)
     figures = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
     job, store, resumed = resumable_job(job, json_path, fresh=args.fresh, flush_s=args.record_every)
@@ -152,12 +153,14 @@ def main(argv=None):
     topk = counter.accuracies()
     json_path = write_accuracy_json(json_path, counter.num_images, counter.num_classes, topk)
     summary = msame_log.build_summary(
-        latencies_ms, batch_size=args.batch_size, backend_name=info.get("backend", backend_name),
-        backend_version=info.get("backend_version"), threads=args.threads,
-        precision=info.get("precision", args.precision), model=args.model, input_path=str(root), device=args.device,
+        latencies_ms, batch_size=config.batch_size, backend_name=info.get("backend", config.backend),
+        backend_version=info.get("backend_version"), threads=config.threads,
+        precision=info.get("precision", config.precision), model=config.model, input_path=str(root),
+        device=config.device,
         num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],
         workers=times.workers, stages=rates, total_s=time.perf_counter() - started, run=info,
-        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder), fidelity=figures)
+        batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder), fidelity=figures,
+        run_config=config.as_dict())
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))

@@ -22,6 +22,7 @@ import numpy as np
 
 from convmixer_net import DATA_CONFIG
 from convmixer_suite.cli import SettingError, UserError, import_library
+from convmixer_suite.precision import DEFAULT_NUM_CALIB
 
 LOG = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Backend:
     compiles = False  # takes --compile (torch.compile)
 
     def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
-                 input_shape=IMAGE_SHAPE, compile_mode=None):
+                 num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None):
         self.model_path = Path(model_path)
         self.run_path = self.model_path  # the file that runs: the int8 model for int8 (onnx_for_precision)
         self.input_shape = tuple(input_shape)
@@ -84,6 +85,7 @@ class Backend:
         self.device = device
         self.device_kind, self.device_index = parse_device(device)
         self.calib_dir = calib_dir
+        self.num_calib = num_calib  # int8: calibrate on at most this many images of calib_dir
         self.compile_mode = compile_mode
         self.loaded = False
         if precision not in PRECISIONS:
@@ -140,8 +142,8 @@ class Backend:
             from convmixer_suite.fp16_onnx import fp16_model
             self.run_path = fp16_model(self.model_path)
         elif self.precision == "int8":
-            precision = importlib.import_module("convmixer_suite.precision")  # only for int8: it pulls in quantizers
-            self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir,
+            precision = importlib.import_module("convmixer_suite.precision")  # as tests/test_backends.py replaces it
+            self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir, self.num_calib,
                                                       sample_shape=self.input_shape))
         return self.run_path
 
@@ -540,8 +542,8 @@ def _openvino_route_installed(precision) -> bool:
 
 
 def create_backend(name, model_path, *, threads=None, precision="fp32", device=None,
-                   calib_dir=None, input_shape=IMAGE_SHAPE, compile_mode=None) -> Backend:
+                   calib_dir=None, num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None) -> Backend:
     """Build and load the named backend (``auto`` resolved by ``resolve_backend``)."""
     name = resolve_backend(name, model_path, precision)
-    return BACKENDS[name](model_path, threads=threads, precision=precision, device=device,
-                          calib_dir=calib_dir, input_shape=input_shape, compile_mode=compile_mode).load()
+    return BACKENDS[name](model_path, threads=threads, precision=precision, device=device, calib_dir=calib_dir,
+                          num_calib=num_calib, input_shape=input_shape, compile_mode=compile_mode).load()

@@ -101,16 +101,24 @@ def load_pictures(folder: Path, count: int) -> np.ndarray:
     return batch
 
 
-def load_configs(names, onnx_path: Path, checkpoint: Path, threads, calib_dir, log=print) -> tuple:
-    """{name: loaded backend} and {name: why it was skipped} (a missing optional library, say)."""
-    from convmixer_suite.backends import create_backend
+def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_calib):
+    """The RunConfig of the benchmark configuration ``name`` (benchmark_configs.CONFIGS); its batch size is
+    left open: each timing sets its own."""
+    from convmixer_suite.run_config import RunConfig
+    backend_name, precision = CONFIGS[name]
+    return RunConfig.build(checkpoint if backend_name == "torch" else onnx_path, backend=backend_name,
+                           precision=precision, threads=threads, calib=calib_dir if precision == "int8" else None,
+                           num_calib=num_calib)
+
+
+def load_configs(runs: dict, log=print) -> tuple:
+    """{name: loaded backend} of {name: RunConfig}, and {name: why it was skipped} (a missing optional library,
+    say)."""
     loaded, skipped = {}, {}
-    for name in names:
-        backend_name, precision = CONFIGS[name]
+    for name, run in runs.items():
         log(f"==> loading {name}")
         try:
-            loaded[name] = create_backend(backend_name, checkpoint if backend_name == "torch" else onnx_path,
-                                          threads=threads, precision=precision, calib_dir=calib_dir)
+            loaded[name] = run.create_backend()
         except UserError as exc:
             if name == REFERENCE:
                 raise

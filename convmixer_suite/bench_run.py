@@ -86,7 +86,9 @@ def run_benchmark(args, log=print) -> dict:
     calib_dir = args.calib
     if calib_dir is None and any(CONFIGS[c][1] == "int8" for c in args.configs):
         calib_dir = inputs.calibration(work, args.num_calib, log)
-    backends, skipped = inputs.load_configs(args.configs, onnx_path, checkpoint, args.threads, calib_dir, log)
+    runs = {name: inputs.run_config(name, onnx_path, checkpoint, args.threads, calib_dir, args.num_calib)
+            for name in args.configs}
+    backends, skipped = inputs.load_configs(runs, log)
     ceilings, ceiling_skipped = ({}, {}) if args.no_ceiling else load_ceilings(
         {c: CONFIGS[c] for c in backends}, spec, work, args.threads, log=log)
 
@@ -109,7 +111,7 @@ def run_benchmark(args, log=print) -> dict:
     if 1 in args.batch_sizes and stream_config in backends:
         log(f"==> streaming {args.stream_images} pictures through {stream_config}")
         backends.clear()  # free the timed runtimes' threads and memory before the streaming run
-        stream = streaming_check(stream_config, onnx_path, checkpoint, args.threads, calib_dir, pictures_dir,
+        stream = streaming_check(stream_config, runs[stream_config].with_batch_size(1), pictures_dir,
                                  args.stream_images, row_of(rows, stream_config, 1)["latency_ms"]["mean"])
     log(f"==> convmixer_preprocess.py on {args.prep_images} pictures, 1 and 2 workers")
     prep = preprocessing_check(prep_dir, work)
@@ -120,7 +122,8 @@ def run_benchmark(args, log=print) -> dict:
         "settings": {"profile": args.profile_name, "configs": args.configs, "batch_sizes": args.batch_sizes,
                      "iters": args.iters, "warmup": args.warmup, "threads": args.threads, "quick": args.quick,
                      "calib": str(calib_dir) if calib_dir else None, "num_calib": args.num_calib,
-                     "max_logit_error": args.max_logit_error, "submission_durations": args.submission_durations},
+                     "max_logit_error": args.max_logit_error, "submission_durations": args.submission_durations,
+                     "run_configs": {name: run.as_dict() for name, run in runs.items()}},
         "results": rows, "fidelity": fid, "fastest_within_limit_batch_1": best["config"] if best else None,
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images
                             else f"{len(pictures)} generated pictures (not photos)"),
@@ -145,15 +148,15 @@ def run_engines_check(args, log=print) -> dict:
     checkpoint = Path(args.checkpoint) if args.checkpoint else inputs.seeded_checkpoint(
         inputs.arch_spec(args.arch), args.seed, work)
     onnx_path, spec = inputs.cached_onnx(checkpoint, work, log)
-    backend, precision = CONFIGS[args.engines_config]
+    precision = CONFIGS[args.engines_config][1]
     images = inputs.generated_pictures(work / f"engines_pictures_{args.engines_images}" / "val", args.engines_images)
     labels = images.parent / "val_label.txt"
     write_text_atomic(labels, "".join(f"{p.name} {i % 1000}\n" for i, p in enumerate(sorted(images.iterdir()))))
     calib = inputs.calibration(work, args.num_calib, log) if precision == "int8" else None
     load = os.getloadavg()
-    report = engines_check.compare_engines(checkpoint if backend == "torch" else onnx_path, images, labels,
-                                           work / "engines_runs", backend=backend, precision=precision, calib=calib,
-                                           threads=args.threads, rounds=args.engines_rounds, log=log)
+    config = inputs.run_config(args.engines_config, onnx_path, checkpoint, args.threads, calib, args.num_calib)
+    report = engines_check.compare_engines(config.with_batch_size(1), images, labels, work / "engines_runs",
+                                           rounds=args.engines_rounds, log=log)
     report.update(machine=machine_info(), arch=spec.name, load_average_before=load, load_average_after=os.getloadavg())
     m = report["machine"]
     table = engines_check.markdown(report, f"{m['cpu']}, {m['logical_cpus']} logical CPUs ({report['arch']}; "

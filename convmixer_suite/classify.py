@@ -1,7 +1,7 @@
 """Top-k ImageNet classes for a user's own photos: the model card's hello world.
 
 Photos go through the model's eval transform (``transform.EvalTransform``, as for the accuracy runs), in
-batches through any runtime of ``backends.create_backend``, and a softmax over the 1000 logits gives the
+batches through any runtime (a ``run_config.RunConfig``), and a softmax over the 1000 logits gives the
 probabilities, named by ``imagenet_classes``. A photo that cannot be read is reported and left out; the
 others are still classified.
 """
@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite import download
-from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.guide_files import CHECKPOINT_FILE, ONNX_FILE
 from convmixer_suite.imagenet_classes import NUM_CLASSES, imagenet_classes
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.transform import EvalTransform, load_rgb
 
 DEFAULT_ONNX = Path(ONNX_FILE)                                                # what test/pth2om.sh writes
@@ -43,13 +43,14 @@ def is_checkpoint(model_path) -> bool:
     return Path(model_path).suffix.lower() not in MODEL_SUFFIXES
 
 
-def open_model(model_path, backend="auto", device=None, allow_download=True, precision="fp32", compile_mode=None):
-    """The loaded backend for ``model_path``. A checkpoint runs on PyTorch (``auto`` means torch for it)
-    and, when missing under a released checkpoint's name, is downloaded first."""
+def run_config(model_path, backend="auto", device=None, allow_download=True, precision="fp32",
+               compile_mode=None) -> RunConfig:
+    """The run on ``model_path``. A checkpoint runs on PyTorch (``auto`` means torch for it) and, when missing
+    under a released checkpoint's name, is downloaded first."""
     if is_checkpoint(model_path):
         model_path = download.ensure_checkpoint(model_path, download=allow_download)
         backend = "torch" if backend == "auto" else backend
-    return create_backend(backend, model_path, device=device, precision=precision, compile_mode=compile_mode)
+    return RunConfig.build(model_path, backend=backend, device=device, precision=precision, compile_mode=compile_mode)
 
 
 def load_photos(paths, transform: EvalTransform) -> tuple:

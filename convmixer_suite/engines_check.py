@@ -16,25 +16,24 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.cli import UserError
+from convmixer_suite.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = {"local": [], "ray x1": ["--engine", "ray", "--replicas", "1"],
            "ray x2": ["--engine", "ray", "--replicas", "2"]}
 
 
-def run_once(name, model, images, labels, out: Path, batch_size, backend, precision, calib, threads) -> dict:
-    json_name = f"result_bs{batch_size}.json"
-    cmd = [sys.executable, str(REPO / "convmixer_stream_eval.py"), "--model", str(model), "--image-path", str(images),
-           "--annotation-file-path", str(labels), "--result-json-path", str(out), "--json-file-name", json_name,
-           "--batch-size", str(batch_size), "--backend", backend, "--precision", precision, "--fresh",
-           *(["--calib", str(calib)] if calib else []), *(["--threads", str(threads)] if threads else []),
-           *CONFIGS[name]]
+def run_once(name, config: RunConfig, images, labels, out: Path) -> dict:
+    json_name = f"result_bs{config.batch_size}.json"
+    cmd = [sys.executable, str(REPO / "convmixer_stream_eval.py"), *config.stream_eval_args(), "--image-path",
+           str(images), "--annotation-file-path", str(labels), "--result-json-path", str(out), "--json-file-name",
+           json_name, "--fresh", *CONFIGS[name]]
     started = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
     wall_s = time.perf_counter() - started
     if result.returncode != 0:
         raise UserError(f"engines check: {name} failed: {result.stderr.strip().splitlines()[-1:]}")
-    summary = json.loads((out / f"result_bs{batch_size}_stream_summary.json").read_text())
+    summary = json.loads((out / f"result_bs{config.batch_size}_stream_summary.json").read_text())
     stages = summary["stages"]
     return {"wall_s": wall_s, "num_images": summary["num_images"], "json": (out / json_name).read_text(),
             "first_batch_s": stages["first_batch_s"], "pipeline_s": stages["pipeline_s"],
@@ -43,18 +42,17 @@ def run_once(name, model, images, labels, out: Path, batch_size, backend, precis
                 stages["decode_transform_images_per_s_per_worker"]}
 
 
-def compare_engines(model, images, labels, work: Path, batch_size=1, backend="onnxruntime", precision="fp32",
-                    calib=None, threads=None, rounds=2, log=print) -> dict:
+def compare_engines(config: RunConfig, images, labels, work: Path, rounds=2, log=print) -> dict:
     """Run every configuration ``rounds`` times, alternating; returns the figures per configuration."""
     runs = {name: [] for name in CONFIGS}
     for round_index in range(rounds):
         for name in CONFIGS:
             log(f"==> engines check, round {round_index + 1}/{rounds}: {name}")
-            runs[name].append(run_once(name, model, images, labels, work / name.replace(" ", "_"), batch_size,
-                                       backend, precision, calib, threads))
+            runs[name].append(run_once(name, config, images, labels, work / name.replace(" ", "_")))
     jsons = {run["json"] for name in runs for run in runs[name]}
-    report = {"configs": {}, "same_json": len(jsons) == 1, "rounds": rounds, "batch_size": batch_size,
-              "backend": backend, "precision": precision, "threads": threads}
+    report = {"configs": {}, "same_json": len(jsons) == 1, "rounds": rounds, "batch_size": config.batch_size,
+              "backend": config.backend, "precision": config.precision, "threads": config.threads,
+              "run_config": config.as_dict()}
     for name, done in runs.items():
         n = done[0]["num_images"]
         mean = (lambda key: float(np.mean([r[key] for r in done])))

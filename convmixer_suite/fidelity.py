@@ -134,10 +134,10 @@ def read_cached(path: Path) -> "Fidelity | None":
         return None  # unreadable or from another version: measured again and rewritten
 
 
-def samples_from_calibration(calib_dir, sample_shape) -> tuple:
+def samples_from_calibration(calib_dir, num_calib, sample_shape) -> tuple:
     """(held-out images of ``calib_dir``, where they came from)."""
     from convmixer_suite.precision import held_out_images
-    samples, names = held_out_images(calib_dir, sample_shape=sample_shape)
+    samples, names = held_out_images(calib_dir, num_calib, sample_shape=sample_shape)
     return samples, f"{calib_dir} (held out of calibration)"
 
 
@@ -154,10 +154,10 @@ def samples_from_batch_files(paths, sample_shape, count: int = GATE_IMAGES) -> t
     return np.stack(found[:count]), f"the input {Path(paths[0]).parent}"
 
 
-def samples_from_images(paths, count: int = GATE_IMAGES) -> tuple:
+def samples_from_images(paths, transform, count: int = GATE_IMAGES) -> tuple:
     """The first ``count`` pictures of a streaming run, decoded and transformed for the model."""
-    from convmixer_suite.transform import EvalTransform, load_batch
-    batch, _ = load_batch(paths[:count], EvalTransform(), skip_bad=True)
+    from convmixer_suite.transform import load_batch
+    batch, _ = load_batch(paths[:count], transform, skip_bad=True)
     batch = batch[np.any(batch.reshape(len(batch), -1), axis=1)]
     if not len(batch):
         raise UserError(f"{Path(paths[0]).parent}: none of the first {count} pictures decodes, so the reduced "
@@ -165,7 +165,9 @@ def samples_from_images(paths, count: int = GATE_IMAGES) -> tuple:
     return batch, f"the first pictures of {Path(paths[0]).parent}"
 
 
-def held_out_samples(calib_dir, fallback, sample_shape):
-    """``gate``'s source of images: the held-out calibration images where ``--calib`` is given, else
-    ``fallback()``'s."""
-    return lambda: samples_from_calibration(calib_dir, sample_shape) if calib_dir else fallback()
+def held_out_samples(backend, fallback):
+    """``gate``'s source of images: the images of the backend's ``--calib`` held out of its calibration where
+    it has one, else ``fallback()``'s."""
+    if backend.calib_dir:
+        return lambda: samples_from_calibration(backend.calib_dir, backend.num_calib, backend.input_shape)
+    return fallback

@@ -14,26 +14,20 @@ import numpy as np
 from tqdm import tqdm
 
 from convmixer_suite import fidelity, msame_log
-from convmixer_suite.backends import IMAGE_BYTES, IMAGE_SHAPE, ToolBackend, create_backend
+from convmixer_suite.backends import IMAGE_BYTES, IMAGE_SHAPE, ToolBackend
 from convmixer_suite.cli import UserError
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.run_folder import RunFolder, choose_run_folder
 from convmixer_suite.tool_runner import run_tool
 
 
 @dataclass
 class InferenceOptions:
-    """convmixer_infer.py's flags: msame's, then ours."""
-    model: str
+    """convmixer_infer.py's input and output side (msame's flags, then ours); what runs is a RunConfig."""
     input: str
     output: str
     outfmt: str = "TXT"
     loop: int = 1
-    device: str = None
-    backend: str = "auto"
-    threads: int = None
-    precision: str = "fp32"
-    calib: str = None
-    compile_mode: str = None
     resume: str = None
     max_logit_error: float = fidelity.DEFAULT_MAX_LOGIT_ERROR
 
@@ -99,24 +93,19 @@ def run_in_process(backend, todo, run: RunFolder, outfmt: str, loop: int, log) -
     return latencies
 
 
-def run_identity(opts: InferenceOptions, backend) -> str:
-    return (f"# model={Path(opts.model).resolve()} backend={backend.name} precision={backend.precision} "
-            f"device={backend.device or 'cpu'} outfmt={opts.outfmt}")
-
-
-def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
+def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> InferenceRun:
     """Run every unfinished input file and write the summary; ``log`` gets msame's per-file lines."""
     inputs, input_record, is_folder = list_inputs(opts.input)
-    backend = create_backend(opts.backend, opts.model, threads=opts.threads, precision=opts.precision,
-                             device=opts.device, calib_dir=opts.calib, compile_mode=opts.compile_mode)
+    backend = config.create_backend()
     images = sum(images_in_file(p, backend.batch_size) for p in inputs)
-    batch_size = backend.batch_size or images_in_file(inputs[0], None)
+    config = config.with_batch_size(backend.batch_size or images_in_file(inputs[0], None))
     log(f"[INFO] backend {backend.describe()}; {len(inputs)} file(s), {images} image(s)")
     held_out = fidelity.held_out_samples(
-        opts.calib, lambda: fidelity.samples_from_batch_files(inputs, backend.input_shape), backend.input_shape)
+        backend, lambda: fidelity.samples_from_batch_files(inputs, backend.input_shape))
     figures = fidelity.gate(backend, held_out, opts.max_logit_error, log)
 
-    run = RunFolder(choose_run_folder(Path(opts.output), opts.resume), run_identity(opts, backend), opts.outfmt)
+    identity = {**config.identity(), "outfmt": opts.outfmt}
+    run = RunFolder(choose_run_folder(Path(opts.output), opts.resume), identity, opts.outfmt)
     earlier = run.earlier_latencies_ms()
     todo = [p for p in inputs if not run.is_done(p)]
     if len(todo) < len(inputs):
@@ -138,9 +127,9 @@ def run_inference(opts: InferenceOptions, log=print) -> InferenceRun:
 
     latencies = [earlier[p.name] for p in inputs if p not in todo and p.name in earlier] + new
     summary = msame_log.build_summary(
-        latencies, batch_size=batch_size, backend_name=backend.name, backend_version=backend.version,
-        threads=opts.threads, precision=backend.precision, model=opts.model, input_path=input_record,
-        output_dir=run.folder, device=opts.device, num_files=len(inputs), num_images=images,
-        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop, fidelity=figures)
+        latencies, batch_size=config.batch_size, backend_name=backend.name, backend_version=backend.version,
+        threads=config.threads, precision=backend.precision, model=config.model, input_path=input_record,
+        output_dir=run.folder, device=config.device, num_files=len(inputs), num_images=images,
+        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop, fidelity=figures, run_config=config.as_dict())
     msame_log.write_summary(run.summary_path, summary)
     return InferenceRun(latencies, single, run, summary)

@@ -7,24 +7,21 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.bench_inputs import preprocess
-from convmixer_suite.benchmark_configs import CONFIGS
 from convmixer_suite.cli import UserError
 
 
-def streaming_check(name, onnx_path, checkpoint, threads, calib_dir, image_dir, count, batch_latency_ms) -> dict:
-    """Stream ``count`` pictures through decode workers and ``name``'s runtime at batch 1; compare the
-    pipeline's wall time with ``count`` times that runtime's batch-1 latency measured before."""
-    from convmixer_suite.backends import create_backend
+def streaming_check(name, run, image_dir, count, batch_latency_ms) -> dict:
+    """Stream ``count`` pictures through decode workers and the RunConfig ``run`` (the configuration ``name``,
+    batch 1); compare the pipeline's wall time with ``count`` times that runtime's batch-1 latency measured
+    before."""
     from convmixer_suite.stream import BatchStream, default_workers, run_stream
     from convmixer_suite.transform import EvalTransform, list_images
     paths, _ = list_images(image_dir)
     paths = paths[:count]
-    backend_name, precision = CONFIGS[name]
-    model = checkpoint if backend_name == "torch" else onnx_path
     # spawn: this process already runs runtime threads, which a forked worker must not inherit
-    with BatchStream(paths, 1, EvalTransform(), default_workers(), start_method="spawn") as stream:
-        backend = create_backend(backend_name, model, threads=threads, precision=precision, calib_dir=calib_dir)
-        backend.predict(np.zeros((1, 3, 224, 224), np.float32))  # warm-up, as the timed runs had
+    with BatchStream(paths, 1, EvalTransform(run.data_config), default_workers(), start_method="spawn") as stream:
+        backend = run.create_backend()
+        backend.predict(np.zeros((1, *run.sample_shape), np.float32))  # warm-up, as the timed runs had
         stream.wait_first()  # spawned workers start slower than the CLI's forked ones, which decode during load
         _, times, _ = run_stream(stream, backend, [p.name for p in paths], [0] * len(paths), log=lambda line: None)
     rates = times.rates()

@@ -40,7 +40,6 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -252,7 +251,7 @@ class Replica:
             # Ray sets OMP_NUM_THREADS to the CPUs an actor declares (a fraction rounds to 1), which ONNX Runtime
             # takes as its default: a CPU replica that is alone on its node uses the node's cores instead.
             threads = os.cpu_count()
-        self.backend = job.load_backend(device=device, threads=threads)
+        self.backend = job.run.create_backend(device=device, threads=threads)
         self.topk = job.topk
         context = ray.get_runtime_context()
         self.name = f"pid {os.getpid()} on node {context.get_node_id()[:12]} ({ray.util.get_node_ip_address()})"
@@ -301,12 +300,11 @@ def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
     context.op_resource_reservation_enabled = False
     listed = ray.data.from_items(items, override_num_blocks=num_batches(len(items), batches_per_block))
     decoded = listed.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                 fn_kwargs={"batch_size": bs, "transform": EvalTransform().to_dict()})
+                                 fn_kwargs={"batch_size": bs, "transform": job.transform.to_dict()})
     # Decoding runs in tasks of its own, never inside the replicas: Ray Data fuses a task into the next operator
     # only when their remote arguments match, and the replicas' differ.
     runtime = dataclasses.replace(job, paths=[], names=[], labels=[], batches=[],  # what a replica needs
-                                  model=str(Path(job.model).resolve()),  # replicas run in other folders
-                                  calib=str(Path(job.calib).resolve()) if job.calib else None)
+                                  run=job.run.with_absolute_paths())  # replicas run in other folders
     with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_restarts and max_task_retries
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
         return decoded.map_batches(Replica, batch_size=1, batch_format="numpy",
@@ -419,7 +417,7 @@ def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, 
     connect(ray, address)
     try:
         nodes = alive_nodes(ray)
-        plan = plan_replicas(nodes, replicas, job.device, job.threads)
+        plan = plan_replicas(nodes, replicas, job.run.device, job.run.threads)
         announce(f"Ray {ray.__version__} at {ray.get_runtime_context().gcs_address}: {len(nodes)} "
                  f"node{'s' if len(nodes) > 1 else ''}, {sum(n.get('CPU', 0) for n in nodes):g} CPUs; "
                  f"{len(job.batches)} batches of {job.batch_size} on {plan.describe()}")
@@ -434,7 +432,7 @@ def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, 
         raise (wrapped_user_error(exc) or ray_failure(exc)) from None
     finally:
         ray.shutdown()
-    return times, {"engine": "ray", "ray_version": ray.__version__, "backend": job.backend,
+    return times, {"engine": "ray", "ray_version": ray.__version__, "backend": job.run.backend,
                    "replicas": plan.replicas, "replica_resources": plan.remote_args(), "decode_cpus": plan.decode_cpus,
                    "decode_tasks_per_node": plan.decode_slots, "replica_device": plan.device,
                    "replica_threads": plan.threads}

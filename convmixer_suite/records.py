@@ -2,9 +2,10 @@
 
 Both engines (local and Ray) write the same records into ``<result-json-path>/<json stem>_records/``:
 
-- ``identity.json``: which run the records belong to: the model (sha256 and size), backend, precision, device,
-  batch size, top-k, eval transform, int8 calibration folder, and the image set (count, and a sha256 of every
-  image name with its label, in run order). A folder whose identity differs is refused, never mixed in.
+- ``identity.json``: which run the records belong to: the run configuration's identity (``RunConfig.identity``:
+  the model's sha256 and size, backend, precision, device, threads, calibration, data config, batch size), top-k,
+  and the image set (count, and a sha256 of every image name with its label, in run order). A folder whose
+  identity differs is refused, never mixed in.
 - ``part-NNNNNN.jsonl``: one JSON object per image, written a chunk at a time under a temporary name and
   renamed, so a kill -9 loses at most the chunk being gathered. An object holds ``batch``, ``row``,
   ``image`` (the path relative to the image folder), ``label``, ``num_classes``, ``latency_ms`` (the model
@@ -26,6 +27,7 @@ import numpy as np
 
 from convmixer_suite.cli import UserError, write_text_atomic
 from convmixer_suite.manifest import images_in_batch
+from convmixer_suite.run_folder import differing_keys
 from convmixer_suite.scoring import TopKAccuracy
 
 RECORDS_SUFFIX = "_records"
@@ -52,19 +54,6 @@ def image_set_identity(names, labels) -> dict:
     """The images of a run, in run order, with their labels: a count and a sha256 of ``name label`` lines."""
     digest = hashlib.sha256("".join(f"{n} {l}\n" for n, l in zip(names, labels)).encode("utf-8"))
     return {"count": len(names), "sha256": digest.hexdigest()}
-
-
-def run_identity(*, model, backend, precision, device, batch_size, topk, transform: dict, calib, names,
-                 labels) -> dict:
-    """What must match for records to belong to the same run (see the module docstring)."""
-    model = Path(model)
-    if not model.is_file():
-        raise UserError(f"{model}: model file not found")
-    return {"model": {"name": model.name, "size": model.stat().st_size, "sha256": file_sha256(model)},
-            "backend": backend, "precision": precision, "device": device or "cpu", "batch_size": batch_size,
-            "topk": topk,
-            "transform": transform, "calib": str(Path(calib).resolve()) if calib else None,
-            "images": image_set_identity(names, labels)}
 
 
 def batch_records(k: int, batch_size: int, names, labels, classes, scores, num_classes: int, bad: dict,
@@ -111,7 +100,6 @@ def read_records(folder) -> list:
 def check_identity(folder, identity: dict) -> bool:
     """True when ``folder`` holds the records of the run ``identity`` describes, False when it holds none;
     a UserError when it holds another run's. Writes nothing."""
-    identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
     path = Path(folder) / IDENTITY_NAME
     if not path.is_file():
         return False
@@ -119,11 +107,10 @@ def check_identity(folder, identity: dict) -> bool:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: unreadable ({exc}); pass --fresh to start over") from None
-    differing = [key for key in identity if recorded.get(key) != identity[key]]
+    differing = differing_keys(recorded, identity)
     if differing:
-        raise UserError(f"{folder}: holds per-image records of a different run ({', '.join(differing)} "
-                        f"differ{'s' if len(differing) == 1 else ''}); pass --fresh to discard them, "
-                        f"or choose another --result-json-path")
+        raise UserError(f"{folder}: holds per-image records of a different run ({differing}); pass --fresh to "
+                        f"discard them, or choose another --result-json-path")
     return True
 
 

@@ -10,6 +10,7 @@ folder ``<output>.runs/``:
   ``<input file>\\t<ms>`` line per finished file;
 - ``<timestamp>.partial/``: files being written, renamed into the timestamp folder once complete.
 """
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,15 @@ TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
 TIMESTAMP_RE = re.compile(r"^\d{7,8}_\d")          # msame's two forms: 20210723_145039, 2022516_3_8_36_123456
 OUTPUT_SUFFIX = "_output_0"
 RECORDS_SUFFIX = ".runs"
+IDENTITY_PREFIX = "# run "  # the resume record's first line: this and the run's identity as JSON
+
+
+def differing_keys(recorded: dict, identity: dict) -> str:
+    """"" when ``recorded`` (as read back from JSON) is the run ``identity`` describes, else e.g.
+    "device differs" or "threads, batch_size differ"."""
+    identity = json.loads(json.dumps(identity))  # as it reads back (tuples become lists)
+    differing = [key for key in identity if recorded.get(key) != identity[key]]
+    return f"{', '.join(differing)} differ{'s' if len(differing) == 1 else ''}" if differing else ""
 
 
 def records_folder(output) -> Path:
@@ -41,13 +51,14 @@ def summary_path_of(results_folder) -> Path:
 class RunFolder:
     """One run: its timestamp folder in ``--output`` and its records in ``<output>.runs/``.
 
-    A resumed run checks the record's first line (model, backend, precision, format), skips files whose
-    output exists and reuses their times.
+    A resumed run checks the record's first line (the run's identity: ``RunConfig.identity`` and the output
+    format), skips files whose output exists and reuses their times.
     """
 
-    def __init__(self, folder: Path, identity: str, outfmt: str):
+    def __init__(self, folder: Path, identity: dict, outfmt: str):
         self.folder = Path(folder)
         self.identity = identity
+        self.identity_line = IDENTITY_PREFIX + json.dumps(identity, sort_keys=True)
         self.suffix = f"{OUTPUT_SUFFIX}.{outfmt.lower()}"
         self.records = records_folder(self.folder.parent)
         self.record_path = self.records / f"{self.folder.name}_latency_ms.tsv"
@@ -68,17 +79,27 @@ class RunFolder:
                                 f"it cannot be checked to be this run's; remove it or run without --resume")
             return {}
         lines = self.record_path.read_text().splitlines()
-        if lines and lines[0] != self.identity:
-            raise UserError(f"{self.folder}: made by a different run ({lines[0].lstrip('# ')}); "
+        if lines and lines[0] != self.identity_line:
+            raise UserError(f"{self.folder}: made by a different run ({self.differences(lines[0])}); "
                             f"remove it or run without --resume")
         return {name: float(ms) for name, ms in (line.split("\t") for line in lines[1:] if "\t" in line)}
+
+    def differences(self, recorded_line: str) -> str:
+        """What differs between this run and the one a record's first line names."""
+        try:
+            recorded = json.loads(recorded_line[len(IDENTITY_PREFIX):])
+        except ValueError:
+            recorded = None
+        if not recorded_line.startswith(IDENTITY_PREFIX) or not isinstance(recorded, dict):
+            return "its record is of an older format"
+        return differing_keys(recorded, self.identity)
 
     def start(self):
         self.folder.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         if not self.record_path.is_file():
-            self.record_path.write_text(self.identity + "\n")
+            self.record_path.write_text(self.identity_line + "\n")
 
     def finish(self):
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite import fidelity, msame_log
-from convmixer_suite.backends import create_backend
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
-from convmixer_suite.records import RecordStore, batch_records, check_identity, records_folder, run_identity
+from convmixer_suite.records import RecordStore, batch_records, check_identity, image_set_identity, records_folder
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.scoring import TopKAccuracy, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
@@ -151,60 +151,48 @@ class BatchStream:
 @dataclass
 class EvalJob:
     """What either engine evaluates: every image of the run in order with its label, the batches still to
-    run (the others are recorded), and the runtime each model replica loads."""
+    run (the others are recorded), and the run's configuration (the runtime each model replica loads, the
+    transform every decoder applies, the batch size)."""
     paths: list
     names: list
     labels: list
-    batch_size: int
     batches: list  # to run, in order
-    backend: str  # resolved: backends.resolve_backend
-    model: str
-    threads: "int | None" = None
-    precision: str = "fp32"
-    device: "str | None" = None
-    calib: "str | None" = None
+    run: RunConfig  # its batch_size is set
     topk: int = 5
     skip_bad: bool = False
-    compile_mode: "str | None" = None  # torch.compile's mode (torch backend)
+
+    @property
+    def batch_size(self) -> int:
+        return self.run.batch_size
+
+    @property
+    def transform(self) -> EvalTransform:
+        return EvalTransform(self.run.data_config)
 
     @property
     def pending_images(self) -> int:
         return sum(images_in_batch(k, self.batch_size, len(self.paths)) for k in self.batches)
 
-    def load_backend(self, **overrides):
-        """Create and load this job's backend (a Ray replica overrides ``device`` and ``threads``); the model
-        must take this job's batch size."""
-        runtime = {"threads": self.threads, "device": self.device, **overrides}
-        backend = create_backend(self.backend, self.model, precision=self.precision, calib_dir=self.calib,
-                                 compile_mode=self.compile_mode, **runtime)
-        if backend.batch_size not in (None, self.batch_size):
-            raise UserError(f"{self.model}: the model takes batches of {backend.batch_size}, "
-                            f"not --batch-size {self.batch_size}")
-        return backend
+    def identity(self) -> dict:
+        """What must match for records to belong to this run (records.RecordStore)."""
+        return {**self.run.identity(), "topk": self.topk, "images": image_set_identity(self.names, self.labels)}
 
 
 def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
     """The fidelity gate (convmixer_suite.fidelity) of the job's reduced precision, on this machine, before any
     batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. None for fp32."""
-    if job.precision == "fp32":
+    if job.run.precision == "fp32":
         return None
-    backend = job.load_backend()
-    held_out = fidelity.held_out_samples(job.calib, lambda: fidelity.samples_from_images(job.paths),
-                                         backend.input_shape)
+    backend = job.run.create_backend()
+    held_out = fidelity.held_out_samples(backend, lambda: fidelity.samples_from_images(job.paths, job.transform))
     return fidelity.gate(backend, held_out, limit, announce)
-
-
-def job_identity(job: EvalJob) -> dict:
-    return run_identity(model=job.model, backend=job.backend, precision=job.precision, device=job.device,
-                        batch_size=job.batch_size, topk=job.topk, transform=EvalTransform().to_dict(),
-                        calib=job.calib, names=job.names, labels=job.labels)
 
 
 def refuse_other_runs_records(job: EvalJob, json_path, fresh=False) -> None:
     """Stop at once, writing nothing, when ``json_path``'s record folder holds another run's records (unless
     ``fresh`` discards them later): before the fidelity gate spends minutes on a run that cannot resume."""
     if not fresh:
-        check_identity(records_folder(json_path), job_identity(job))
+        check_identity(records_folder(json_path), job.identity())
 
 
 def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
@@ -212,7 +200,7 @@ def resumable_job(job: EvalJob, json_path, fresh=False, flush_s=None) -> tuple:
 
     The record folder belongs to ``json_path``; records of another run are refused (or discarded with ``fresh``).
     """
-    store = RecordStore(records_folder(json_path), job_identity(job), fresh=fresh,
+    store = RecordStore(records_folder(json_path), job.identity(), fresh=fresh,
                         **({} if flush_s is None else {"flush_s": flush_s}))
     done = store.done_batches(job.batch_size, len(job.paths), job.skip_bad)
     job.batches = [k for k in job.batches if k not in done]
@@ -299,8 +287,8 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
 def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None):
     """The local engine: decode worker processes and one model in this process. Returns (StreamTimes,
     run info for the summary)."""
-    with BatchStream(job.paths, job.batch_size, EvalTransform(), workers, job.skip_bad, batches=job.batches) as stream:
-        backend = job.load_backend()
+    with BatchStream(job.paths, job.batch_size, job.transform, workers, job.skip_bad, batches=job.batches) as stream:
+        backend = job.run.create_backend()
         announce(f"backend {backend.describe()}; {len(job.batches)} batches of {job.batch_size} in this process, "
                  f"{stream.workers} decode workers")
         _, times, _ = record_results(local_results(stream, backend, len(job.names), job.topk), store, job.names,

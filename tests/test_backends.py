@@ -188,13 +188,13 @@ def test_unreadable_model_names_the_file(tmp_path):
 def test_int8_uses_the_precision_module_lazily(small_model, small_onnx, batch, tmp_path, monkeypatch):
     calls = []
 
-    def int8_model(onnx_path, backend_name, calib_dir, sample_shape):
-        calls.append((onnx_path, backend_name, calib_dir, sample_shape))
+    def int8_model(onnx_path, backend_name, calib_dir, num_calib, sample_shape):
+        calls.append((onnx_path, backend_name, calib_dir, num_calib, sample_shape))
         return onnx_path  # stands in for the quantized model
 
     monkeypatch.setitem(sys.modules, "convmixer_suite.precision", types.SimpleNamespace(int8_model=int8_model))
-    backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=tmp_path)
-    assert calls == [(small_onnx, "onnxruntime", tmp_path, (3, 224, 224))] and backend.precision == "int8"
+    backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=tmp_path, num_calib=9)
+    assert calls == [(small_onnx, "onnxruntime", tmp_path, 9, (3, 224, 224))] and backend.precision == "int8"
     assert_close(backend.predict(batch), reference(small_model, batch))
 
 

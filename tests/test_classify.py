@@ -76,7 +76,7 @@ def pytorch_probabilities(model, photos):
 def test_probabilities_match_pytorch_on_onnxruntime(tmp_path, peaked_model, photos, batch_size):
     """Dynamic batch (all five in one run) and fixed batch 2 (three runs, the last padded)."""
     onnx = export_small_onnx(peaked_model, tmp_path / "m.onnx", batch_size=batch_size)
-    backend = classify.open_model(onnx)
+    backend = classify.run_config(onnx).create_backend()
     assert backend.name == "onnxruntime" and backend.batch_size == batch_size
     good, bad = classify.load_photos(photos, EvalTransform())
     assert bad == [] and [p for p, _ in good] == photos

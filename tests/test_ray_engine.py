@@ -20,6 +20,7 @@ from convmixer_suite.records import records_folder
 from convmixer_suite.cli import UserError
 from convmixer_suite.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLICA_CPUS, SINGLE_MACHINE_ENV,
                                         STALL_BATCHES, StallWatch, batch_results, plan_replicas)
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import EvalJob
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, slow_run_inputs  # noqa: F401
@@ -305,7 +306,8 @@ def result_rows(*ks, n=BS):
 
 def small_job(num_images=3 * BS):
     paths = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(num_images)]
-    return EvalJob(paths, paths, [0] * num_images, BS, list(range(-(-num_images // BS))), "onnxruntime", "m.onnx")
+    run = RunConfig(model="m.onnx", model_sha256="", model_bytes=0, backend="onnxruntime", batch_size=BS)
+    return EvalJob(paths, paths, [0] * num_images, list(range(-(-num_images // BS))), run)
 
 
 def test_rows_out_of_order_missing_or_cut_stop_the_run_with_one_line():
