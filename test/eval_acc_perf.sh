@@ -8,6 +8,7 @@
 #   --model (./convmixer_1536_20_bs${bs}.om for msame/ais_bench and for auto when msame is on PATH and the
 #            .om exists; ./convmixer_1536_20_ks9_p7.pth.tar for torch; else ./convmixer_1536_20.onnx)
 #   --precision (fp32; bf16 on openvino; int8 on onnxruntime/openvino)   --calib (int8 calibration images)
+#   --num_calib (300: int8 calibrates on at most this many images of --calib)
 #   --max_logit_error (0.02: bf16/int8 stop before writing anything when max |diff| / max |logit| against
 #                      fp32 on held-out images exceeds it)
 #   --threads (runtime default)   --device (cpu; cuda:N, an NPU id, see convmixer_infer.py)
@@ -23,14 +24,15 @@ set -euo pipefail
 readonly PROG="eval_acc_perf.sh"
 readonly REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-readonly FLAGS=(batch_size datasets_path backend model precision calib max_logit_error threads device stream engine
-                ray_address replicas fresh)
+readonly FLAGS=(batch_size datasets_path backend model precision calib num_calib max_logit_error threads device stream
+                engine ray_address replicas fresh)
 batch_size=1
 datasets_path="/opt/npu/imageNet"
 backend="auto"
 model=""
 precision="fp32"
 calib=""
+num_calib=""
 max_logit_error=""
 threads=""
 device=""
@@ -45,6 +47,7 @@ source "$REPO_DIR/test/lib.sh"
 
 check_flags() {
     require_positive_int batch_size
+    [[ -z "$num_calib" ]] || require_positive_int num_calib
     require_bool stream fresh
     require_choice engine local ray
     if [[ "$stream" != true && ( "$engine" != local || -n "$ray_address" || -n "$replicas" ) ]]; then
@@ -79,6 +82,7 @@ mkdir -p ./result
 runtime_args=(--model "$model" --backend "$backend" --precision "$precision")
 [[ -n "$threads" ]] && runtime_args+=(--threads "$threads")
 [[ -n "$calib" ]] && runtime_args+=(--calib "$calib")
+[[ -n "$num_calib" ]] && runtime_args+=(--num-calib "$num_calib")
 [[ -n "$max_logit_error" ]] && runtime_args+=(--max-logit-error "$max_logit_error")
 [[ -n "$device" ]] && runtime_args+=(--device "$device")
 if [[ "$fresh" == true ]]; then

@@ -143,6 +143,8 @@ def test_missing_inputs_are_named(work, flow, tmp_path):
     assert no_data.returncode != 0 and "nothing/val: no such folder" in no_data.stderr
     bad_flag = eval_acc_perf(work, "--batchsize=2")
     assert bad_flag.returncode != 0 and "unknown argument '--batchsize=2'" in bad_flag.stderr
+    bad_count = eval_acc_perf(work, "--num_calib=0")
+    assert bad_count.returncode != 0 and "--num_calib=0: must be a positive integer" in bad_count.stderr
 
 
 def test_stream_mode_runs_the_streaming_evaluation(work, flow):

@@ -147,7 +147,7 @@ def test_the_guides_parse_reads_our_runner_log(file_flow):
 def test_a_resumed_run_still_leaves_only_msame_folders(dataset, file_flow):
     out = file_flow / "result" / "outputs_bs2_om"
     again = run_script("convmixer_infer.py", "--model", "./convmixer_1536_20.onnx", "--input", "./prep_image_bs2",
-                       "--output", "./result/outputs_bs2_om", "--resume", "latest", cwd=file_flow)
+                       "--output", "./result/outputs_bs2_om", "--threads", "1", "--resume", "latest", cwd=file_flow)
     assert again.returncode == 0, again.stderr
     assert "4 of 4 file(s) already done" in again.stdout
     (folder,) = os.listdir(out)

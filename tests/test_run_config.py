@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
+from convmixer_suite import fidelity
 from convmixer_suite.cli import UserError
 from convmixer_suite.records import check_identity
 from convmixer_suite.run_config import RunConfig
@@ -98,3 +99,13 @@ def test_convmixer_infer_resume_with_other_threads_is_refused_and_writes_nothing
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "made by a different run (threads differs)" in refused.stderr.strip().splitlines()[-1]
     assert sorted(output.rglob("*")) == outputs
+
+
+def test_num_calib_reaches_the_quantizer_and_the_gate_keeps_the_rest_out(small_onnx, calib_dir):
+    """Seven photos: --num-calib 3 calibrates on the first three; the gate takes the four beyond them."""
+    config = RunConfig.build(small_onnx, backend="onnxruntime", precision="int8", calib=calib_dir, num_calib=3)
+    backend = config.create_backend()
+    record = json.loads(backend.run_path.with_name(backend.run_path.name + ".calib.json").read_text())
+    assert record["num_calib"] == 3 and len(record["images"]) == 3
+    held_out, source = fidelity.held_out_samples(backend, fallback=None)()
+    assert len(held_out) == 4 and "held out of calibration" in source
