@@ -122,7 +122,10 @@ def connect(ray, address) -> None:
     if address is None:
         # Ray runs its workers at nice 15 by default; here they are the evaluation itself (as the local engine's
         # decode processes are), not background work to yield to whatever else runs on the machine.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config={"worker_niceness": 0}, **options)
+        # "local": a Ray of this run's own, never one that another user started on this machine (which Ray would
+        # otherwise join, from RAY_ADDRESS or /tmp/ray/ray_current_cluster, and then refuse num_cpus).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 _system_config={"worker_niceness": 0}, **options)
         return
     check_reachable(address)
     try:

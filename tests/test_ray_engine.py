@@ -350,6 +350,17 @@ def test_no_row_for_the_stall_timeout_stops_the_run_with_one_line():
                                          "was due; Ray's pending demand: unknown (ConnectionError: no cluster)")
 
 
+def test_a_ray_started_by_the_run_is_its_own_while_another_runs_here(tmp_path, small_onnx, photo_folder, labelled,
+                                                                    ray_address):
+    """Without --ray-address the run starts a Ray of its own, even where RAY_ADDRESS (or Ray's file of the last
+    cluster started here) names another user's: Ray would join that one and refuse the run's num_cpus."""
+    result = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "out", "--engine", "ray",
+                         env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\[INFO\] Ray [\d.]+ at 127\.0\.0\.1:\d+: 1 node,", result.stdout, re.M), result.stdout
+    assert ray_address not in result.stdout and "top1:57.14%" in result.stdout
+
+
 def test_an_address_where_no_cluster_listens_is_one_line_at_once(tmp_path, small_onnx, photo_folder, labelled):
     pytest.importorskip("ray")
     port = free_port()  # closed again: nothing listens there
