@@ -76,9 +76,13 @@ def import_ray(address=None):
 
     For a Ray started here (no ``address``), Ray is told this is a single-machine instance, so that it runs on
     127.0.0.1 rather than on this machine's network address; Ray reads that setting when it is imported.
+    Ray's automatic ``ray.init`` on the first call without one is turned off (also read on import): once a failed
+    run has shut Ray down, a call still under way in the rows' thread or Ray Data's own started a new local Ray,
+    whose messages and traceback came after the run's one line (seen once in the stall test).
     """
     if address is None:
         os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         import ray
         import ray.data
