@@ -7,45 +7,15 @@ flatten and the ``Linear`` head. The one change from upstream is the padding: ``
 replaced by the explicit symmetric ``kernel_size // 2`` (identical for odd kernels), which ONNX opset 11
 and atc accept.
 
-This module is also the one place where the model's eval data config lives (timm's
-``resolve_data_config`` for these models); preprocessing and every reference read it from here.
+The model's eval data config (timm's ``resolve_data_config`` for these models), ``DATA_CONFIG`` and its class
+``DataConfig``, is defined in ``convmixer_suite.data_config`` (no torch there, so that decoding and the other
+runtimes never import it) and re-exported here under the same names.
 """
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch.nn as nn
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    """The eval transform's parameters: resize the shorter side, center crop, scale, normalize."""
-    input_size: tuple = (3, 224, 224)
-    crop_pct: float = 0.96
-    interpolation: str = "bicubic"
-    mean: tuple = (0.485, 0.456, 0.406)
-    std: tuple = (0.229, 0.224, 0.225)
-
-    @property
-    def crop_size(self) -> int:
-        return self.input_size[-1]
-
-    @property
-    def resize_size(self) -> int:
-        """Shorter side before the crop, as timm computes it: floor(224 / 0.96) = 233."""
-        return math.floor(self.crop_size / self.crop_pct)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["resize_size"] = self.resize_size
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DataConfig":
-        return cls(input_size=tuple(d["input_size"]), crop_pct=float(d["crop_pct"]),
-                   interpolation=d["interpolation"], mean=tuple(d["mean"]), std=tuple(d["std"]))
-
-
-DATA_CONFIG = DataConfig()
+from convmixer_suite.data_config import DATA_CONFIG, DataConfig  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_net import DATA_CONFIG
 from convmixer_suite.cli import SettingError, UserError, import_library
+from convmixer_suite.data_config import DATA_CONFIG
 from convmixer_suite.precision import DEFAULT_NUM_CALIB
 
 LOG = logging.getLogger(__name__)

@@ -2,12 +2,13 @@
 
 The pipeline, one Ray Data dataset streamed to the driver, one row per model batch throughout:
 
-1. the driver lists the batches still to run (``from_items``: a batch's index and its image paths), cut into
-   blocks of several batches (``override_num_blocks``; about ``BLOCK_IMAGES`` images a block), in run order;
-2. ``decode_block`` tasks, spread over every node, read and decode a block's images with the local engine's own
-   code (``transform.load_batch``): each batch becomes one row holding its whole [batch_size,3,224,224] array,
-   padded with zero rows as the local engine pads it, and its bad images (path on a shared file system: the same
-   path on every node, as for the model);
+1. the driver lists the batches still to run (``from_items``: one row, and one block, per list of batches with
+   their indexes and image paths), in run order: about ``BLOCK_IMAGES`` images a block, but the first blocks of
+   one batch, then two, ... (``block_sizes``), so that the first batch waits for one batch's decoding only;
+2. ``ray_decode.decode_block`` tasks, spread over every node, read and decode a block's images with the local
+   engine's own code (``transform.load_batch``): each batch becomes one row holding its whole
+   [batch_size,3,224,224] array, padded with zero rows as the local engine pads it, and its bad images (path on a
+   shared file system: the same path on every node, as for the model);
 3. an actor pool of ``Replica`` (one backend each, loaded once) runs the model on one row per call
    (``batch_size=1``): a batch can never be cut across model calls, and comes back as one row of top-k results;
 4. the driver takes the rows in order (``preserve_order``), checks each is the batch that was due, and hands a
@@ -47,9 +48,9 @@ import convmixer_suite
 from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
+from convmixer_suite.ray_decode import decode_block
 from convmixer_suite.scoring import top_k
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
-from convmixer_suite.transform import EvalTransform, load_batch
 
 INSTALL_HINT = "--engine ray needs Ray Data, which is not installed; install it with: pip install -r requirements-dist.txt"
 # "0" makes Ray treat this as a single-machine instance: its processes talk over 127.0.0.1 only.
@@ -73,9 +74,13 @@ def import_ray(address=None):
 
     For a Ray started here (no ``address``), Ray is told this is a single-machine instance, so that it runs on
     127.0.0.1 rather than on this machine's network address; Ray reads that setting when it is imported.
+    Ray's automatic ``ray.init`` on the first call without one is turned off (also read on import): once a failed
+    run has shut Ray down, a call still under way in the rows' thread or Ray Data's own started a new local Ray,
+    whose messages and traceback came after the run's one line (seen once in the stall test).
     """
     if address is None:
         os.environ.setdefault(SINGLE_MACHINE_ENV, "0")
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     try:
         import ray
         import ray.data
@@ -94,10 +99,17 @@ def quiet_console(logger) -> None:
             handler.setLevel(logging.CRITICAL + 1)
 
 
-def runtime_env() -> dict:
-    """What every worker gets: this suite's code through Ray (``py_modules``: uploaded once to the cluster, so a
-    node needs neither the repository nor the package installed; the images and the model must still be at the
-    same path on every node), and the tests' fault markers."""
+def runtime_env(address) -> dict:
+    """What every worker of a cluster (``address`` given) gets: this suite's code through Ray (``py_modules``:
+    uploaded once to the cluster, so a node needs neither the repository nor the package installed; the images
+    and the model must still be at the same path on every node), and the tests' fault markers.
+
+    Nothing for a Ray started here: its workers are this machine's processes, started with this process's
+    environment and sys.path, so they import these very files. And only workers without a runtime_env of their
+    own can be the ones Ray starts ahead with ``ray.init``: with one, each decode task and replica waited for a
+    process of its own to start (4 s against 0.8 s for two tasks on this 2-core machine, docs/ray.md)."""
+    if address is None:
+        return {}
     env_vars = {name: os.environ[name] for name in (FAULT_ENV, HANG_ENV) if os.environ.get(name)}
     net = importlib.util.find_spec("convmixer_net").origin  # its path: importing it would import torch here
     return {"py_modules": [convmixer_suite, net], "env_vars": env_vars}
@@ -108,11 +120,14 @@ def connect(ray, address) -> None:
 
     Worker output stays in Ray's logs: the driver's stdout is an msame log that test/parse.py reads.
     """
-    options = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env())
+    options = dict(log_to_driver=False, logging_level=logging.ERROR, runtime_env=runtime_env(address))
     if address is None:
         # Ray runs its workers at nice 15 by default; here they are the evaluation itself (as the local engine's
         # decode processes are), not background work to yield to whatever else runs on the machine.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _system_config={"worker_niceness": 0}, **options)
+        # "local": a Ray of this run's own, never one that another user started on this machine (which Ray would
+        # otherwise join, from RAY_ADDRESS or /tmp/ray/ray_current_cluster, and then refuse num_cpus).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 _system_config={"worker_niceness": 0}, **options)
         return
     check_reachable(address)
     try:
@@ -227,21 +242,6 @@ def plan_replicas(nodes: list, replicas, device, threads) -> ReplicaPlan:
     return plan
 
 
-def decode_block(block: dict, batch_size: int, transform: dict) -> dict:
-    """Ray Data task: a block's batches (index and image paths) -> one row per batch with its whole padded
-    array (the local engine's ``load_batch``), its bad images as JSON {row: message}, and the seconds it took."""
-    tf = EvalTransform.from_dict(transform)
-    images, bad, seconds = [], [], []
-    for paths in block["paths"]:
-        started = time.perf_counter()
-        batch, bad_rows = load_batch([str(p) for p in paths], tf, rows=batch_size, skip_bad=True)
-        images.append(batch)
-        bad.append(json.dumps({row: message for row, _, message in bad_rows}))
-        seconds.append(time.perf_counter() - started)
-    return {"k": block["k"], "n": np.array([len(paths) for paths in block["paths"]]), "image": np.stack(images),
-            "bad": np.array(bad, dtype=object), "decode_s": np.array(seconds)}
-
-
 class Replica:
     """Ray Data actor: one backend, loaded once; runs the model on one whole batch (one row) per call."""
 
@@ -286,21 +286,41 @@ def create_marker(path) -> bool:
         return False
 
 
+def block_sizes(batches: int, most: int, parallel: int) -> list:
+    """Batches per decode block, ``batches`` in all: ``parallel`` blocks of 1 batch, then ``parallel`` of 2, 4, ...
+    up to ``most``. A block comes out of its task only when all its batches are decoded, and the replicas cannot
+    start before the first block does; the small first blocks let them start after one batch's decoding."""
+    sizes, size = [], 1
+    while batches > 0:
+        for _ in range(parallel):
+            take = min(size, batches)
+            if take:
+                sizes.append(take)
+                batches -= take
+        size = min(most, 2 * size)
+    return sizes
+
+
 def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
     """The job's pending batches -> decode tasks -> replicas, as the module docstring describes: blocks of
-    about BLOCK_IMAGES images, but at least two blocks per decode task that can run at once."""
+    about BLOCK_IMAGES images (ramping up from one batch), but at least two blocks per decode task that can run
+    at once."""
     bs = job.batch_size
-    items = [{"k": k, "paths": [str(p) for p in job.paths[batch_span(k, bs)]]} for k in job.batches]
-    batches_per_block = max(1, min(num_batches(BLOCK_IMAGES, bs), len(items) // (2 * plan.decode_tasks)))
+    listed = [[k, [str(p) for p in job.paths[batch_span(k, bs)]]] for k in job.batches]
+    most = max(1, min(num_batches(BLOCK_IMAGES, bs), len(listed) // (2 * plan.decode_tasks)))
+    blocks, first = [], 0
+    for size in block_sizes(len(listed), most, plan.decode_tasks):
+        blocks.append({"batches": json.dumps(listed[first:first + size])})
+        first += size
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in run order
     context.enable_progress_bars = False  # the driver shows its own (tqdm on stderr)
     context.print_on_execution_start = False
     # Ray Data's default reservation held decoding to one task at a time on 2 CPUs (docs/ray.md)
     context.op_resource_reservation_enabled = False
-    listed = ray.data.from_items(items, override_num_blocks=num_batches(len(items), batches_per_block))
-    decoded = listed.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
-                                 fn_kwargs={"batch_size": bs, "transform": job.transform.to_dict()})
+    listing = ray.data.from_items(blocks, override_num_blocks=len(blocks))  # one block per row
+    decoded = listing.map_batches(decode_block, batch_size=None, batch_format="numpy", num_cpus=plan.decode_cpus,
+                                  fn_kwargs={"batch_size": bs, "transform": job.transform.to_dict()})
     # Decoding runs in tasks of its own, never inside the replicas: Ray Data fuses a task into the next operator
     # only when their remote arguments match, and the replicas' differ.
     runtime = dataclasses.replace(job, paths=[], names=[], labels=[], batches=[],  # what a replica needs

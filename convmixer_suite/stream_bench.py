@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.cli import UserError, atomic_path, write_text_atomic
-from convmixer_suite.demo_data import label_of, sample_picture
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO_SIZE = (500, 375)  # the most common ImageNet validation size
@@ -56,6 +55,9 @@ def pooled_colour_onnx(path, seed: int = 0) -> Path:
 def repeated_photos(folder, num_images: int, distinct: int = 50) -> tuple:
     """``folder/val`` with ``num_images`` JPEGs (hard links to ``distinct`` generated photos) and
     ``folder/val_label.txt``; returns (images folder, labels file). Kept when already complete."""
+    # Imported here: demo_data imports torch (190 MB), which the driver process this module also runs must not
+    # count in its peak RSS (convmixer_stream_eval.py itself runs an ONNX model without torch).
+    from convmixer_suite.demo_data import label_of, sample_picture
     folder = Path(folder)
     val, labels = folder / "val", folder / "val_label.txt"
     lines = [f"ILSVRC2012_val_{i:08d}.JPEG {label_of(i)}" for i in range(1, num_images + 1)]

@@ -1,7 +1,7 @@
 """The model's eval transform with Pillow and NumPy, equal to torchvision's preset.
 
 ``EvalTransform`` computes what ``Resize(233, BICUBIC) + CenterCrop(224) + ToTensor() + Normalize(mean, std)``
-computes on a PIL image (the numbers come from ``convmixer_net.DATA_CONFIG``): the shorter side is resized
+computes on a PIL image (the numbers come from ``data_config.DATA_CONFIG``): the shorter side is resized
 to ``resize_size`` and the longer one to ``int(resize_size * long / short)`` with PIL's own bicubic resize,
 the crop offset is ``int(round((size - crop) / 2))`` (Python's round, half to even), then /255 and
 (x - mean) / std, all in float32. Images are opened as torchvision's ``pil_loader`` opens them:
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convmixer_net import DATA_CONFIG, DataConfig
 from convmixer_suite.cli import UserError
+from convmixer_suite.data_config import DATA_CONFIG, DataConfig
 
 # torchvision's IMG_EXTENSIONS: what ImageFolder counts as an image.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -1,6 +1,7 @@
 """--engine ray of convmixer_stream_eval.py on a local Ray head of 2 CPUs, started once for this module: the same
 JSON and per-image records as the local engine, 2 replicas on 2 CPUs without a hang, a replica that dies,
 the driver killed and rerun, a bad image, Ray not installed."""
+import json
 import os
 import queue
 import re
@@ -18,10 +19,12 @@ import pytest
 from conftest import export_small_onnx, run_script
 from convmixer_suite.records import records_folder
 from convmixer_suite.cli import UserError
+from convmixer_suite.ray_decode import decode_block
 from convmixer_suite.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLICA_CPUS, SINGLE_MACHINE_ENV,
-                                        STALL_BATCHES, StallWatch, batch_results, plan_replicas)
+                                        STALL_BATCHES, StallWatch, batch_results, block_sizes, plan_replicas)
 from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import EvalJob
+from convmixer_suite.transform import EvalTransform, list_images, load_batch
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, slow_run_inputs  # noqa: F401
 from test_stream_resume import BS as SLOW_BS
@@ -70,6 +73,24 @@ def ray_address():
                 pass
             time.sleep(1)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# What a decode task's process imports to run decode_block, and what a replica's imports to run an ONNX model: a
+# fresh process, as a Ray worker is (torch costs each worker seconds at start-up, before the run's first batch).
+WORKER_IMPORTS = """
+import json, sys
+import numpy as np
+import convmixer_suite.ray_decode
+decode_task = sorted(name for name in sys.modules if name.startswith("convmixer"))
+from convmixer_suite import ray_engine
+from convmixer_suite.run_config import RunConfig
+from convmixer_suite.stream import EvalJob
+job = EvalJob([], [], [], [], RunConfig.build(sys.argv[1], backend=sys.argv[2], threads=1, batch_size=2))
+assert job.run.create_backend().predict(np.zeros((2, 3, 224, 224), np.float32)).shape[0] == 2
+print(json.dumps({"decode_task": decode_task, "torch": "torch" in sys.modules}))
+"""
+DECODE_TASK_MODULES = {"convmixer_suite", "convmixer_suite.cli", "convmixer_suite.data_config",
+                       "convmixer_suite.ray_decode", "convmixer_suite.transform"}
 
 
 def stream_eval(model, images, labels, out, *extra, env=None):
@@ -332,6 +353,17 @@ def test_no_row_for_the_stall_timeout_stops_the_run_with_one_line():
                                          "was due; Ray's pending demand: unknown (ConnectionError: no cluster)")
 
 
+def test_a_ray_started_by_the_run_is_its_own_while_another_runs_here(tmp_path, small_onnx, photo_folder, labelled,
+                                                                    ray_address):
+    """Without --ray-address the run starts a Ray of its own, even where RAY_ADDRESS (or Ray's file of the last
+    cluster started here) names another user's: Ray would join that one and refuse the run's num_cpus."""
+    result = stream_eval(small_onnx, photo_folder, labelled, tmp_path / "out", "--engine", "ray",
+                         env={"RAY_ADDRESS": ray_address})
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^\[INFO\] Ray [\d.]+ at 127\.0\.0\.1:\d+: 1 node,", result.stdout, re.M), result.stdout
+    assert ray_address not in result.stdout and "top1:57.14%" in result.stdout
+
+
 def test_an_address_where_no_cluster_listens_is_one_line_at_once(tmp_path, small_onnx, photo_folder, labelled):
     pytest.importorskip("ray")
     port = free_port()  # closed again: nothing listens there
@@ -341,3 +373,34 @@ def test_an_address_where_no_cluster_listens_is_one_line_at_once(tmp_path, small
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in result.stderr.strip().splitlines()[-1]
     assert time.monotonic() - started < 60  # Ray alone waits minutes
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_decode_tasks_and_onnx_replicas_import_neither_torch_nor_more_than_they_run(small_onnx, backend):
+    pytest.importorskip(backend)
+    result = run_script(sys.executable, "-c", WORKER_IMPORTS, small_onnx, backend)
+    assert result.returncode == 0, result.stderr
+    imported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(imported["decode_task"]) <= DECODE_TASK_MODULES, imported["decode_task"]
+    assert not imported["torch"]
+
+
+def test_decode_blocks_ramp_up_from_one_batch_and_hold_every_batch_once():
+    assert block_sizes(157, 4, 2) == [1, 1, 2, 2] + [4] * 37 + [3]
+    assert block_sizes(3, 4, 2) == [1, 1, 1] and block_sizes(7, 4, 1) == [1, 2, 4] and block_sizes(5, 1, 2) == [1] * 5
+    for batches in range(1, 60):
+        for most in (1, 2, 4, 8):
+            for parallel in (1, 2, 3):
+                sizes = block_sizes(batches, most, parallel)
+                assert sum(sizes) == batches and 0 < min(sizes) and max(sizes) <= most
+                assert sizes[:parallel] == [1] * min(parallel, batches)
+
+
+def test_a_decode_block_gives_one_padded_row_per_batch_in_order(photo_folder):
+    paths = [str(p) for p in list_images(photo_folder)[0]]
+    listings = np.array([json.dumps([[0, paths[0:2]], [1, paths[2:4]]]), json.dumps([[3, paths[6:7]]])], dtype=object)
+    rows = decode_block({"batches": listings}, batch_size=2, transform=EvalTransform().to_dict())
+    assert list(rows["k"]) == [0, 1, 3] and list(rows["n"]) == [2, 2, 1] and rows["image"].shape == (3, 2, 3, 224, 224)
+    assert np.array_equal(rows["image"][1], load_batch(paths[2:4], EvalTransform())[0])
+    assert np.array_equal(rows["image"][2][0], load_batch(paths[6:7], EvalTransform())[0][0])
+    assert not rows["image"][2][1].any() and [json.loads(b) for b in rows["bad"]] == [{}, {}, {}]

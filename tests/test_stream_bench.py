@@ -46,3 +46,10 @@ def test_the_command_line_refuses_a_file_as_work_folder_and_a_zero_count(tmp_pat
     zero = run_script("test/stream_bench.py", "--work", tmp_path / "w", "--num-images", 0)
     assert zero.returncode == 2 and "--num-images: must be at least 1" in zero.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_the_driver_process_imports_no_torch_to_count_in_its_peak_rss():
+    import sys
+    from conftest import run_script
+    result = run_script(sys.executable, "-c", "import sys, convmixer_suite.stream_bench; print('torch' in sys.modules)")
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
