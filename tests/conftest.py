@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: small seeded ConvMixers, their checkpoints, generated photos."""
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,23 +68,41 @@ def write_photo(path, size=(300, 240), mode="RGB", seed=0, fmt=None):
     return path
 
 
-@pytest.fixture
-def photo_folder(tmp_path):
+def write_photo_folder(folder):
     """Seven ImageNet-style JPEGs of assorted sizes in a flat folder, named as in the val set."""
-    folder = tmp_path / "val"
     sizes = [(500, 375), (375, 500), (224, 224), (640, 427), (233, 300), (1024, 683), (250, 250)]
     for i, size in enumerate(sizes):
         write_photo(folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=size, seed=i)
     return folder
 
 
+# The fixtures below copy files made once per session into each test's own tmp_path (a test may change its
+# copy, and caches such as int8 models are written beside it): the same files as made per test, made once.
+
+@pytest.fixture(scope="session")
+def session_photos(tmp_path_factory):
+    return write_photo_folder(tmp_path_factory.mktemp("photos") / "val")
+
+
 @pytest.fixture
-def calib_dir(tmp_path, photo_folder):
-    """The seven photos preprocessed at batch size 2: four files, the last one with a zero padding row."""
-    out = tmp_path / "prep"
-    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", out, "--batch-size", "2",
+def photo_folder(tmp_path, session_photos):
+    """Seven ImageNet-style JPEGs of assorted sizes in a flat folder, named as in the val set."""
+    return Path(shutil.copytree(session_photos, tmp_path / "val"))
+
+
+@pytest.fixture(scope="session")
+def session_calib(tmp_path_factory, session_photos):
+    out = tmp_path_factory.mktemp("calib") / "prep"
+    run_script("convmixer_preprocess.py", "--image-path", session_photos, "--prep-image", out, "--batch-size", "2",
                "--workers", "1", check=True)
     return out
+
+
+@pytest.fixture
+def calib_dir(tmp_path, photo_folder, session_calib):
+    """The seven photos preprocessed at batch size 2 by convmixer_preprocess.py: four files, the last one with a
+    zero padding row."""
+    return Path(shutil.copytree(session_calib, tmp_path / "prep"))
 
 
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
@@ -264,9 +283,15 @@ def export_small_onnx(model, path, batch_size=None):
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def session_small_onnx(tmp_path_factory):
+    return export_small_onnx(seeded_model(), tmp_path_factory.mktemp("small_onnx") / "small.onnx")
+
+
 @pytest.fixture
-def small_onnx(tmp_path, small_model):
-    return export_small_onnx(small_model, tmp_path / "small.onnx")
+def small_onnx(tmp_path, session_small_onnx):
+    """The small model (``small_model``'s weights) exported to ONNX, in the test's own folder."""
+    return Path(shutil.copy(session_small_onnx, tmp_path / "small.onnx"))
 
 
 @pytest.fixture
