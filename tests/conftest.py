@@ -311,3 +311,40 @@ def fake_om(path, onnx_path):
     """An .om stand-in for the fake msame: it holds the path of the .onnx to run."""
     Path(path).write_text(str(Path(onnx_path).resolve()))
     return Path(path)
+
+
+# ---- the full-size tests' one export ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def full_size_demo(tmp_path_factory):
+    """test/demo.sh run once on a full-size ConvMixer-1536/20 checkpoint that it downloads from a local release
+    server (seeded random weights with non-trivial BatchNorm statistics, in the release's name and locuslab
+    layout), with three photos labelled as PyTorch predicts them except the second. Its step 4 exports the
+    downloaded .pth.tar with convmixer_pth2onnx.py: the one full-size export, which both full-size tests check.
+    Returns a dict: cwd, served (the .pth.tar served), datasets, result (the demo's CompletedProcess)."""
+    spec = convmixer_net.ARCHS["convmixer_1536_20"]
+    cwd = tmp_path_factory.mktemp("full_size_demo")
+    (cwd / "served").mkdir()
+    model = seeded_model(seed=1, dim=spec.dim, depth=spec.depth, kernel_size=spec.kernel_size,
+                         patch_size=spec.patch_size)
+    served = cwd / "served" / spec.checkpoint
+    torch.save(model.state_dict(), served)
+    datasets = cwd / "imagenet"
+    photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
+              for i in (1, 2, 3)]
+    from convmixer_suite.transform import EvalTransform, load_rgb
+    transform = EvalTransform()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()
+    del model
+    wrong = (predicted[1] + 1) % 1000  # one deliberately wrong label: top-1 must be 2 of 3
+    (datasets / "val_label.txt").write_text(
+        "".join(f"{p.name} {c}\n" for p, c in zip(photos, [predicted[0], wrong, predicted[2]])))
+    server = ReleaseServer()
+    try:
+        server.serve(served.name, served.read_bytes())
+        result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=cwd,
+                            env={"CONVMIXER_RELEASE_URL": server.base}, timeout=900)
+    finally:
+        server.close()
+    return {"cwd": cwd, "served": served, "datasets": datasets, "result": result}
