@@ -348,3 +348,39 @@ def full_size_demo(tmp_path_factory):
     finally:
         server.close()
     return {"cwd": cwd, "served": served, "datasets": datasets, "result": result}
+
+
+# ---- the slow streaming run of test_stream_resume, test_ray_engine and test_ray_cluster ----------------------
+
+SLOW_BS = 2
+SLOW_PHOTOS = 30
+# Slow enough per batch (tens of ms on one thread) that a test can kill -9 the driver half way.
+SLOW = dict(dim=512, depth=8, kernel_size=9, patch_size=7)
+
+
+@pytest.fixture(scope="session")
+def slow_run_inputs(tmp_path_factory):
+    """30 photos with rule-based labels and a mid-size seeded ConvMixer exported to ONNX."""
+    folder = tmp_path_factory.mktemp("slow_run")
+    val = folder / "val"
+    for i in range(SLOW_PHOTOS):
+        write_photo(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=(260 + 7 * i, 240), seed=i)
+    labels = folder / "val_label.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG {(i * 37) % 1000}\n" for i in range(SLOW_PHOTOS)))
+    model = export_small_onnx(seeded_model(seed=3, **SLOW), folder / "slow.onnx")
+    return model, val, labels
+
+
+def slow_stream_args(model, images, labels, out, *extra):
+    """convmixer_stream_eval.py's arguments at batch size SLOW_BS on one thread, for run_script."""
+    return ["convmixer_stream_eval.py", "--model", model, "--image-path", images, "--annotation-file-path", labels,
+            "--result-json-path", out, "--json-file-name", f"result_bs{SLOW_BS}.json", "--batch-size", SLOW_BS,
+            "--threads", 1, *extra]
+
+
+@pytest.fixture(scope="session")
+def slow_local_run(tmp_path_factory, slow_run_inputs):
+    """The local engine's whole run of slow_run_inputs, made once: the reference a killed and resumed run must
+    give. Returns (its CompletedProcess, the path of its result JSON); nothing writes into its folder."""
+    out = tmp_path_factory.mktemp("slow_local")
+    return run_script(*slow_stream_args(*slow_run_inputs, out)), out / f"result_bs{SLOW_BS}.json"

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_script, seeded_model, timm_state_dict, write_photo
+from conftest import run_script, timm_state_dict, write_photo
 from safetensors.torch import save_file
 
 import convmixer_net
