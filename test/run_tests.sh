@@ -11,4 +11,4 @@ echo "==> 2. installing this project (pip install -e .)"
 python3 -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
 echo "==> 3. running pytest"
-python3 -m pytest -q tests "$@"
+python3 -m pytest -q --durations=25 tests "$@"

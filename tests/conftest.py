@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: small seeded ConvMixers, their checkpoints, generated photos."""
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -67,23 +68,41 @@ def write_photo(path, size=(300, 240), mode="RGB", seed=0, fmt=None):
     return path
 
 
-@pytest.fixture
-def photo_folder(tmp_path):
+def write_photo_folder(folder):
     """Seven ImageNet-style JPEGs of assorted sizes in a flat folder, named as in the val set."""
-    folder = tmp_path / "val"
     sizes = [(500, 375), (375, 500), (224, 224), (640, 427), (233, 300), (1024, 683), (250, 250)]
     for i, size in enumerate(sizes):
         write_photo(folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=size, seed=i)
     return folder
 
 
+# The fixtures below copy files made once per session into each test's own tmp_path (a test may change its
+# copy, and caches such as int8 models are written beside it): the same files as made per test, made once.
+
+@pytest.fixture(scope="session")
+def session_photos(tmp_path_factory):
+    return write_photo_folder(tmp_path_factory.mktemp("photos") / "val")
+
+
 @pytest.fixture
-def calib_dir(tmp_path, photo_folder):
-    """The seven photos preprocessed at batch size 2: four files, the last one with a zero padding row."""
-    out = tmp_path / "prep"
-    run_script("convmixer_preprocess.py", "--image-path", photo_folder, "--prep-image", out, "--batch-size", "2",
+def photo_folder(tmp_path, session_photos):
+    """Seven ImageNet-style JPEGs of assorted sizes in a flat folder, named as in the val set."""
+    return Path(shutil.copytree(session_photos, tmp_path / "val"))
+
+
+@pytest.fixture(scope="session")
+def session_calib(tmp_path_factory, session_photos):
+    out = tmp_path_factory.mktemp("calib") / "prep"
+    run_script("convmixer_preprocess.py", "--image-path", session_photos, "--prep-image", out, "--batch-size", "2",
                "--workers", "1", check=True)
     return out
+
+
+@pytest.fixture
+def calib_dir(tmp_path, photo_folder, session_calib):
+    """The seven photos preprocessed at batch size 2 by convmixer_preprocess.py: four files, the last one with a
+    zero padding row."""
+    return Path(shutil.copytree(session_calib, tmp_path / "prep"))
 
 
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
@@ -264,9 +283,15 @@ def export_small_onnx(model, path, batch_size=None):
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def session_small_onnx(tmp_path_factory):
+    return export_small_onnx(seeded_model(), tmp_path_factory.mktemp("small_onnx") / "small.onnx")
+
+
 @pytest.fixture
-def small_onnx(tmp_path, small_model):
-    return export_small_onnx(small_model, tmp_path / "small.onnx")
+def small_onnx(tmp_path, session_small_onnx):
+    """The small model (``small_model``'s weights) exported to ONNX, in the test's own folder."""
+    return Path(shutil.copy(session_small_onnx, tmp_path / "small.onnx"))
 
 
 @pytest.fixture
@@ -286,3 +311,76 @@ def fake_om(path, onnx_path):
     """An .om stand-in for the fake msame: it holds the path of the .onnx to run."""
     Path(path).write_text(str(Path(onnx_path).resolve()))
     return Path(path)
+
+
+# ---- the full-size tests' one export ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def full_size_demo(tmp_path_factory):
+    """test/demo.sh run once on a full-size ConvMixer-1536/20 checkpoint that it downloads from a local release
+    server (seeded random weights with non-trivial BatchNorm statistics, in the release's name and locuslab
+    layout), with three photos labelled as PyTorch predicts them except the second. Its step 4 exports the
+    downloaded .pth.tar with convmixer_pth2onnx.py: the one full-size export, which both full-size tests check.
+    Returns a dict: cwd, served (the .pth.tar served), datasets, result (the demo's CompletedProcess)."""
+    spec = convmixer_net.ARCHS["convmixer_1536_20"]
+    cwd = tmp_path_factory.mktemp("full_size_demo")
+    (cwd / "served").mkdir()
+    model = seeded_model(seed=1, dim=spec.dim, depth=spec.depth, kernel_size=spec.kernel_size,
+                         patch_size=spec.patch_size)
+    served = cwd / "served" / spec.checkpoint
+    torch.save(model.state_dict(), served)
+    datasets = cwd / "imagenet"
+    photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
+              for i in (1, 2, 3)]
+    from convmixer_suite.transform import EvalTransform, load_rgb
+    transform = EvalTransform()
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()
+    del model
+    wrong = (predicted[1] + 1) % 1000  # one deliberately wrong label: top-1 must be 2 of 3
+    (datasets / "val_label.txt").write_text(
+        "".join(f"{p.name} {c}\n" for p, c in zip(photos, [predicted[0], wrong, predicted[2]])))
+    server = ReleaseServer()
+    try:
+        server.serve(served.name, served.read_bytes())
+        result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=cwd,
+                            env={"CONVMIXER_RELEASE_URL": server.base}, timeout=900)
+    finally:
+        server.close()
+    return {"cwd": cwd, "served": served, "datasets": datasets, "result": result}
+
+
+# ---- the slow streaming run of test_stream_resume, test_ray_engine and test_ray_cluster ----------------------
+
+SLOW_BS = 2
+SLOW_PHOTOS = 30
+# Slow enough per batch (tens of ms on one thread) that a test can kill -9 the driver half way.
+SLOW = dict(dim=512, depth=8, kernel_size=9, patch_size=7)
+
+
+@pytest.fixture(scope="session")
+def slow_run_inputs(tmp_path_factory):
+    """30 photos with rule-based labels and a mid-size seeded ConvMixer exported to ONNX."""
+    folder = tmp_path_factory.mktemp("slow_run")
+    val = folder / "val"
+    for i in range(SLOW_PHOTOS):
+        write_photo(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=(260 + 7 * i, 240), seed=i)
+    labels = folder / "val_label.txt"
+    labels.write_text("".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG {(i * 37) % 1000}\n" for i in range(SLOW_PHOTOS)))
+    model = export_small_onnx(seeded_model(seed=3, **SLOW), folder / "slow.onnx")
+    return model, val, labels
+
+
+def slow_stream_args(model, images, labels, out, *extra):
+    """convmixer_stream_eval.py's arguments at batch size SLOW_BS on one thread, for run_script."""
+    return ["convmixer_stream_eval.py", "--model", model, "--image-path", images, "--annotation-file-path", labels,
+            "--result-json-path", out, "--json-file-name", f"result_bs{SLOW_BS}.json", "--batch-size", SLOW_BS,
+            "--threads", 1, *extra]
+
+
+@pytest.fixture(scope="session")
+def slow_local_run(tmp_path_factory, slow_run_inputs):
+    """The local engine's whole run of slow_run_inputs, made once: the reference a killed and resumed run must
+    give. Returns (its CompletedProcess, the path of its result JSON); nothing writes into its folder."""
+    out = tmp_path_factory.mktemp("slow_local")
+    return run_script(*slow_stream_args(*slow_run_inputs, out)), out / f"result_bs{SLOW_BS}.json"

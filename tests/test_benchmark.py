@@ -94,20 +94,6 @@ def test_a_configuration_beyond_the_fidelity_limit_is_marked_and_never_fastest(q
     assert report["streaming"]["config"] == fastest  # --stream-config auto takes it
 
 
-def test_a_tight_fidelity_limit_marks_the_int8_configuration(tmp_path):
-    result = run_script("test/benchmark.py", "--quick", "--out", tmp_path, "--num-calib", 4, "--prep-images", 4,
-                        "--configs", "onnxruntime-int8", "--batch-sizes", 1, "--no-ceiling",
-                        "--stream-images", 2, "--max-logit-error", "1e-9")
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads((tmp_path / "benchmark.json").read_text())
-    assert not report["fidelity"]["onnxruntime-int8"]["within_limit"]
-    assert report["fastest_within_limit_batch_1"] == "torch-fp32"
-    assert "| no: never called fastest |" in (tmp_path / "benchmark.md").read_text()
-    rows = list(csv.DictReader(next(tmp_path.glob("benchmark-*.csv")).open()))
-    assert [(r["config"], r["batch_size"]) for r in rows] == [("torch-fp32", "1"), ("onnxruntime-int8", "1")]
-    assert float(rows[1]["p50_ms"]) == pytest.approx(report["results"][1]["latency_ms"]["p50"])
-
-
 def test_markdown_table_and_plot(quick_report):
     out, report, result = quick_report
     table = (out / "benchmark.md").read_text()
@@ -236,16 +222,25 @@ def test_the_profile_sums_the_runtimes_own_counters(quick_report):
 
 
 # last: it overwrites the quick report's files
-def test_a_rerun_reuses_the_cached_models_and_calibration(quick_report):
+def test_a_rerun_reuses_the_cached_models_and_a_tight_fidelity_limit_marks_int8(quick_report):
+    """One rerun checks two things: the int8 model and calibration come from the cache, and a tight
+    --max-logit-error marks the int8 configuration (never called fastest)."""
     out, first, _ = quick_report
     work_files = sorted(p.name for p in (out / "work").rglob("*") if p.is_file())
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
-                        "--configs", "torch-fp32,onnxruntime-int8", "--batch-sizes", "1")
+                        "--configs", "torch-fp32,onnxruntime-int8", "--batch-sizes", "1", "--max-logit-error", "1e-9")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "quantizing" not in result.stdout + result.stderr       # the int8 model came from the cache
     assert sorted(p.name for p in (out / "work").rglob("*") if p.is_file()) == work_files
-    assert [r["config"] for r in json.loads((out / "benchmark.json").read_text())["results"]] == \
-        ["torch-fp32", "onnxruntime-int8"]
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [r["config"] for r in report["results"]] == ["torch-fp32", "onnxruntime-int8"]
+
+    assert not report["fidelity"]["onnxruntime-int8"]["within_limit"]
+    assert report["fastest_within_limit_batch_1"] == "torch-fp32"
+    assert "| no: never called fastest |" in (out / "benchmark.md").read_text()
+    rows = list(csv.DictReader(next(out.glob("benchmark-*.csv")).open()))
+    assert [(r["config"], r["batch_size"]) for r in rows] == [("torch-fp32", "1"), ("onnxruntime-int8", "1")]
+    assert float(rows[1]["p50_ms"]) == pytest.approx(report["results"][1]["latency_ms"]["p50"])
 
 
 def test_engines_check_runs_local_and_ray_on_the_same_images(tmp_path):

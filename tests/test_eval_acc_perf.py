@@ -80,23 +80,26 @@ def assert_reports(result, top1):
     assert out.split("====accuracy data====\n")[1].split("\n")[0] == f"top1:{top1}"
 
 
-@pytest.mark.parametrize("wrong, top1", [((), "100.0%"),
-                                         (("ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000007.JPEG"),
-                                          f"{round(5 / 7 * 100, 2)}%")])
-def test_onnxruntime_flow_reports_pytorch_top1(work, flow, wrong, top1):
+def test_onnxruntime_flow_reports_pytorch_top1(work, flow):
+    """A fresh run with PyTorch's predictions as labels, then a rerun (it resumes: nothing left to run) that
+    scores labels with two of them wrong: the scoring step runs either way, so one flow checks both top-1s."""
     datasets, predictions = flow[:2]
-    write_labels(datasets, predictions, wrong)
+    write_labels(datasets, predictions)
     result = eval_acc_perf(work, f"--datasets_path={datasets}")
-    assert_reports(result, top1)
-    assert accuracy_json(work)["Top1 accuracy"] == top1
+    assert_reports(result, "100.0%")
+    assert accuracy_json(work)["Top1 accuracy"] == "100.0%"
     assert accuracy_json(work)["Number of images"] == str(NUM_PHOTOS)
     log = (work / "msame_bs2.txt").read_text()
     assert "[INFO] backend onnxruntime" in log and len(re.findall(r"^Inference time: ", log, re.MULTILINE)) == 4
     assert (work / "prep_image_bs2" / ".manifest.json").is_file()
 
-    rerun = eval_acc_perf(work, f"--datasets_path={datasets}")  # resumes: nothing left to run
+    write_labels(datasets, predictions, ("ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000007.JPEG"))
+    rerun = eval_acc_perf(work, f"--datasets_path={datasets}")
     assert "4 of 4 file(s) already done" in rerun.stdout
+    top1 = f"{round(5 / 7 * 100, 2)}%"
     assert_reports(rerun, top1)
+    assert accuracy_json(work)["Top1 accuracy"] == top1
+    assert accuracy_json(work)["Number of images"] == str(NUM_PHOTOS)
 
 
 def test_torch_backend_flow(work, flow):
@@ -204,29 +207,14 @@ def test_demo_runs_the_quick_start_on_random_weights_when_the_download_fails(tmp
 
 
 @pytest.mark.fullsize
-def test_demo_downloads_the_checkpoint_and_reports_pytorch_top1(tmp_path, release_server):
+def test_demo_downloads_the_checkpoint_and_reports_pytorch_top1(full_size_demo):
     """A full-size checkpoint in the release's name and layout, served by a local release server: the demo
-    downloads it, says it uses real weights, and with photos and labels from PyTorch scores top-1 as PyTorch."""
-    from convmixer_suite import demo_data
-    (tmp_path / "served").mkdir()
-    served = demo_data.write_random_checkpoint(tmp_path / "served" / "convmixer_1536_20_ks9_p7.pth.tar", seed=3)
-    release_server.serve(served.name, served.read_bytes())
-    checkpoint = tmp_path / served.name
-    datasets = tmp_path / "imagenet"
-    photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
-              for i in (1, 2, 3)]
-    from convmixer_suite.checkpoint import load_model
-    model, _ = load_model(served)
-    transform = EvalTransform()
-    with torch.no_grad():
-        predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()
-    wrong = (predicted[1] + 1) % 1000  # one deliberately wrong label: top-1 must be 2 of 3
-    (datasets / "val_label.txt").write_text(
-        "".join(f"{p.name} {c}\n" for p, c in zip(photos, [predicted[0], wrong, predicted[2]])))
-    result = run_script("test/demo.sh", "--install=false", f"--datasets_path={datasets}", cwd=tmp_path,
-                        env={"CONVMIXER_RELEASE_URL": release_server.base}, timeout=900)
+    downloads it, says it uses real weights, and with photos and labels from PyTorch scores top-1 as PyTorch
+    (the demo run is conftest's full_size_demo, whose export test_pth2onnx.py checks too)."""
+    result, served = full_size_demo["result"], full_size_demo["served"]
+    checkpoint = full_size_demo["cwd"] / served.name
     assert result.returncode == 0, result.stderr
-    assert checkpoint.read_bytes() == served.read_bytes() and (tmp_path / f"{served.name}.sha256").is_file()
+    assert checkpoint.read_bytes() == served.read_bytes() and checkpoint.with_name(f"{served.name}.sha256").is_file()
     assert f"using the real checkpoint {checkpoint}" in result.stdout and "NOTE:" not in result.stdout
     assert f"\nweights: REAL weights: {checkpoint} (downloaded just now;" in result.stdout
     assert result.stdout.split("accuracy (from ./result/result_bs1.json):\n")[1].split("\n")[0] == \

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_script, seeded_model, timm_state_dict, write_photo
+from conftest import run_script, timm_state_dict, write_photo
 from safetensors.torch import save_file
 
 import convmixer_net
@@ -162,27 +162,24 @@ def test_a_model_that_disagrees_with_pytorch_leaves_no_target(small_model, tmp_p
 
 
 @pytest.mark.fullsize
-def test_full_size_export_matches_pytorch_in_both_key_layouts(tmp_path):
+def test_full_size_export_matches_pytorch_in_both_key_layouts(tmp_path, full_size_demo):
     """ConvMixer-1536/20 with seeded random weights: exported once from a locuslab .pth.tar by the script
     (which checks ONNX Runtime vs PyTorch at batch 1 and 3), then the same weights in timm's keys as
-    .safetensors must load to a model the exported file matches too."""
+    .safetensors must load to a model the exported file matches too. The export is the one of conftest's
+    full_size_demo: test/demo.sh's step 4 (test/pth2om.sh) runs the script on the downloaded checkpoint."""
     spec = convmixer_net.ARCHS["convmixer_1536_20"]
-    model = seeded_model(seed=1, dim=spec.dim, depth=spec.depth, kernel_size=spec.kernel_size,
-                         patch_size=spec.patch_size)
-    locuslab = tmp_path / spec.checkpoint
-    torch.save(model.state_dict(), locuslab)
-    timm = tmp_path / "model.safetensors"
-    save_file(timm_state_dict(model.state_dict(), spec.depth), str(timm))
-    del model
-
-    target = tmp_path / "convmixer_1536_20.onnx"
-    result = run_script("convmixer_pth2onnx.py", "--source", locuslab, "--target", target)
-    print(result.stdout)
+    result = full_size_demo["result"]
     assert result.returncode == 0, result.stderr
-    assert "convmixer_1536_20 (dim 1536, depth 20, kernel 9, patch 7, gelu)" in result.stdout
-    assert "parameters: 51,625,960" in result.stdout and "at batch 1, 3:" in result.stdout
-    assert float(REL_DIFF.search(result.stdout).group(1)) <= 1e-4
+    export_step = result.stdout.split("==> 4. ")[1].split("==> 5. ")[0]  # the script's lines, indented
+    print(export_step)
+    assert f"==> 1. exporting {full_size_demo['cwd'] / spec.checkpoint} to convmixer_1536_20.onnx" in export_step
+    assert "convmixer_1536_20 (dim 1536, depth 20, kernel 9, patch 7, gelu)" in export_step
+    assert "parameters: 51,625,960" in export_step and "at batch 1, 3:" in export_step
+    assert float(REL_DIFF.search(export_step).group(1)) <= 1e-4
+    target = full_size_demo["cwd"] / "demo_work" / "convmixer_1536_20.onnx"
 
+    timm = tmp_path / "model.safetensors"
+    save_file(timm_state_dict(torch.load(full_size_demo["served"]), spec.depth), str(timm))
     timm_model, timm_spec = checkpoint.load_model(timm)
     assert timm_spec is spec
     report = export.verify_onnx(timm_model, target, (1, 3))

@@ -9,13 +9,11 @@ import time
 
 import pytest
 
-from conftest import REPO, export_small_onnx, run_script, seeded_model
+from conftest import REPO, SLOW_BS, export_small_onnx, run_script, seeded_model, slow_stream_args
 from convmixer_suite.records import records_folder
 from convmixer_suite.stream_bench import LOOPBACK_ENV, loopback_cluster
 from test_stream_eval import labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
-from test_stream_resume import NUM_PHOTOS, image_results, slow_run_inputs  # noqa: F401
-from test_stream_resume import BS as SLOW_BS
-from test_stream_resume import stream_args as slow_stream_args
+from test_stream_resume import NUM_PHOTOS, image_results
 
 os.environ.update(LOOPBACK_ENV)  # before anything here imports Ray: it reads the loopback setting on import
 RUN_TIMEOUT_S = 240
@@ -39,21 +37,29 @@ ray.shutdown()
 """
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """Two one-CPU nodes, started once for this module's tests (in file order: the node-kill test adds a third
+    node and kills it)."""
+    pytest.importorskip("ray")
+    with loopback_cluster(nodes=2, cpus_per_node=1) as two_nodes:
+        yield two_nodes
+
+
 def summary_run(summary_json) -> dict:
     return json.loads(summary_json.read_text())["run"]
 
 
-def test_two_one_cpu_nodes_both_decode_and_host_a_replica(tmp_path, small_onnx, photo_folder, labelled):
-    pytest.importorskip("ray")
+def test_two_one_cpu_nodes_both_decode_and_host_a_replica(tmp_path, small_onnx, photo_folder, labelled, cluster):
     local = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "local"), timeout=RUN_TIMEOUT_S)
     assert local.returncode == 0, local.stderr
-    with loopback_cluster(nodes=2, cpus_per_node=1) as cluster:
-        result = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "ray", "--engine", "ray",
-                                              "--ray-address", cluster.address), timeout=RUN_TIMEOUT_S)
-        # A driver started outside the checkout: Ray adds the driver's folder to the workers' sys.path (ahead of
-        # py_modules), so this is what a node without the checkout sees.
-        shipped = run_script(sys.executable, "-c", WORKER_IMPORTS, cluster.address, cwd=tmp_path,
-                             env={"PYTHONPATH": str(REPO)}, timeout=RUN_TIMEOUT_S)
+    assert len(cluster.list_all_nodes()) == 2
+    result = run_script(*slow_stream_args(small_onnx, photo_folder, labelled, tmp_path / "ray", "--engine", "ray",
+                                          "--ray-address", cluster.address), timeout=RUN_TIMEOUT_S)
+    # A driver started outside the checkout: Ray adds the driver's folder to the workers' sys.path (ahead of
+    # py_modules), so this is what a node without the checkout sees.
+    shipped = run_script(sys.executable, "-c", WORKER_IMPORTS, cluster.address, cwd=tmp_path,
+                         env={"PYTHONPATH": str(REPO)}, timeout=RUN_TIMEOUT_S)
     assert shipped.returncode == 0, shipped.stderr
     for path in json.loads(shipped.stdout.strip().splitlines()[-1]):
         assert "/runtime_resources/py_modules_files/" in path and not path.startswith(str(REPO)), path
@@ -90,27 +96,27 @@ def run_and_kill_a_node(argv, records, cluster, node, stderr_path, min_parts=3):
     return proc.returncode, stderr_path.read_text()
 
 
-def test_a_node_killed_mid_run_gives_the_local_json_or_one_line_and_a_rerun_does(tmp_path, slow_run_inputs):
-    pytest.importorskip("ray")
+def test_a_node_killed_mid_run_gives_the_local_json_or_one_line_and_a_rerun_does(tmp_path, slow_run_inputs, cluster):
     _, images, labels = slow_run_inputs
     model = export_small_onnx(seeded_model(seed=5, **SLOWER), tmp_path / "slower.onnx")
     local = run_script(*slow_stream_args(model, images, labels, tmp_path / "local"), timeout=RUN_TIMEOUT_S)
     assert local.returncode == 0, local.stderr
     expected = (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
     out = tmp_path / "ray"
-    with loopback_cluster(nodes=3, cpus_per_node=1) as cluster:
-        ray_args = ("--engine", "ray", "--ray-address", cluster.address, "--record-every", 0)
-        code, stderr = run_and_kill_a_node(slow_stream_args(model, images, labels, out, *ray_args,
-                                                            "--stall-timeout", 60),  # a hang would end too
-                                           records_folder(out / f"result_bs{SLOW_BS}.json"), cluster,
-                                           cluster.list_all_nodes()[-1], tmp_path / "killed.stderr")
-        print(f"the run with a node killed: exit {code}; stderr:\n{stderr}")  # -rP
-        assert "Traceback" not in stderr
-        if code != 0:  # stopped: one line, and the rerun on the live nodes finishes the job
-            assert code == 2 and stderr.strip().splitlines()[-1].startswith("convmixer_stream_eval.py: error: ")
-            rerun = run_script(*slow_stream_args(model, images, labels, out, *ray_args), timeout=RUN_TIMEOUT_S)
-            assert rerun.returncode == 0, rerun.stderr
-            assert 0 < rerun.stdout.count("Inference time:") < NUM_PHOTOS // SLOW_BS
+    cluster.add_node(num_cpus=1, include_dashboard=False)  # a third node, the one killed
+    cluster.wait_for_nodes()
+    ray_args = ("--engine", "ray", "--ray-address", cluster.address, "--record-every", 0)
+    code, stderr = run_and_kill_a_node(slow_stream_args(model, images, labels, out, *ray_args,
+                                                        "--stall-timeout", 60),  # a hang would end too
+                                       records_folder(out / f"result_bs{SLOW_BS}.json"), cluster,
+                                       cluster.list_all_nodes()[-1], tmp_path / "killed.stderr")
+    print(f"the run with a node killed: exit {code}; stderr:\n{stderr}")  # -rP
+    assert "Traceback" not in stderr
+    if code != 0:  # stopped: one line, and the rerun on the live nodes finishes the job
+        assert code == 2 and stderr.strip().splitlines()[-1].startswith("convmixer_stream_eval.py: error: ")
+        rerun = run_script(*slow_stream_args(model, images, labels, out, *ray_args), timeout=RUN_TIMEOUT_S)
+        assert rerun.returncode == 0, rerun.stderr
+        assert 0 < rerun.stdout.count("Inference time:") < NUM_PHOTOS // SLOW_BS
     assert (out / f"result_bs{SLOW_BS}.json").read_text() == expected
     assert image_results(out / f"result_bs{SLOW_BS}.json") == image_results(tmp_path / "local" /
                                                                             f"result_bs{SLOW_BS}.json")

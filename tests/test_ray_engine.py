@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import export_small_onnx, run_script
+from conftest import SLOW_BS, export_small_onnx, run_script, slow_stream_args
 from convmixer_suite.records import records_folder
 from convmixer_suite.cli import UserError
 from convmixer_suite.ray_decode import decode_block
@@ -26,9 +26,7 @@ from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import EvalJob
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
 from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
-from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records, slow_run_inputs  # noqa: F401
-from test_stream_resume import BS as SLOW_BS
-from test_stream_resume import stream_args as slow_stream_args
+from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records
 
 # Token authentication keys on ~/.ray/auth_token, which any other Ray on this machine may rewrite; this head
 # and its drivers use 127.0.0.1 only (Ray otherwise swaps 127.0.0.1 for the machine's network address).
@@ -135,9 +133,10 @@ def test_a_replica_that_dies_is_restarted_and_the_json_is_the_same(tmp_path, sma
     assert crashed.stdout.count("Inference time:") == 3
 
 
-def test_a_killed_ray_driver_resumes_with_fewer_batches_and_the_same_json(tmp_path, slow_run_inputs, ray_address):
+def test_a_killed_ray_driver_resumes_with_fewer_batches_and_the_same_json(tmp_path, slow_run_inputs, slow_local_run,
+                                                                          ray_address):
     model, images, labels = slow_run_inputs
-    whole = run_script(*slow_stream_args(model, images, labels, tmp_path / "local"))
+    whole, whole_json = slow_local_run
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "ray"
     ray_args = ("--engine", "ray", "--ray-address", ray_address, "--replicas", 2)
@@ -147,16 +146,15 @@ def test_a_killed_ray_driver_resumes_with_fewer_batches_and_the_same_json(tmp_pa
     resumed = run_script(*slow_stream_args(model, images, labels, out, *ray_args), env=RAY_ENV)
     assert resumed.returncode == 0, resumed.stderr
     assert 0 < resumed.stdout.count("Inference time:") < NUM_PHOTOS // SLOW_BS
-    assert (out / f"result_bs{SLOW_BS}.json").read_text() == \
-        (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
+    assert (out / f"result_bs{SLOW_BS}.json").read_text() == whole_json.read_text()
 
 
 def test_a_stalled_run_stops_with_one_line_naming_ray_s_demand_and_the_rerun_resumes(tmp_path, slow_run_inputs,
-                                                                                      ray_address):
+                                                                                      slow_local_run, ray_address):
     """The replica that gets the last batch never returns (HANG_ENV): the run must stop, keep what it recorded,
     and the rerun finish with the local JSON. Which batches came back first is Ray's choice."""
     model, images, labels = slow_run_inputs
-    whole = run_script(*slow_stream_args(model, images, labels, tmp_path / "local"))
+    whole, whole_json = slow_local_run
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "ray"
     ray_args = ("--engine", "ray", "--ray-address", ray_address, "--record-every", 0)
@@ -176,8 +174,7 @@ def test_a_stalled_run_stops_with_one_line_naming_ray_s_demand_and_the_rerun_res
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {due.group(1)} batches already recorded" in resumed.stderr
     assert resumed.stdout.count("Inference time:") == batches - int(due.group(1))
-    expected = (tmp_path / "local" / f"result_bs{SLOW_BS}.json").read_text()
-    assert (out / f"result_bs{SLOW_BS}.json").read_text() == expected
+    assert (out / f"result_bs{SLOW_BS}.json").read_text() == whole_json.read_text()
 
 
 def test_a_bad_image_stops_the_ray_run_by_name_or_is_skipped(tmp_path, small_onnx, photo_folder, labelled,

@@ -8,43 +8,17 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from conftest import REPO, export_small_onnx, run_script, seeded_model, write_photo
+from conftest import REPO, SLOW_BS as BS, SLOW_PHOTOS as NUM_PHOTOS, export_small_onnx, run_script, seeded_model
+from conftest import slow_stream_args
 from convmixer_suite.records import read_records, records_folder
-
-BS = 2
-NUM_PHOTOS = 30
-# Slow enough per batch (tens of ms on one thread) that a test can kill -9 the driver half way.
-SLOW = dict(dim=512, depth=8, kernel_size=9, patch_size=7)
-
-
-@pytest.fixture(scope="module")
-def slow_run_inputs(tmp_path_factory):
-    """30 photos with rule-based labels and a mid-size seeded ConvMixer exported to ONNX."""
-    folder = tmp_path_factory.mktemp("slow_run")
-    val = folder / "val"
-    for i in range(NUM_PHOTOS):
-        write_photo(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG", size=(260 + 7 * i, 240), seed=i)
-    labels = folder / "val_label.txt"
-    labels.write_text("".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG {(i * 37) % 1000}\n" for i in range(NUM_PHOTOS)))
-    model = export_small_onnx(seeded_model(seed=3, **SLOW), folder / "slow.onnx")
-    return model, val, labels
-
 
 def image_results(result_json) -> list:
     """A run's per-image records without the batch timings, which differ from run to run."""
     return [{k: v for k, v in r.items() if k != "latency_ms"} for r in read_records(result_json)]
 
 
-def stream_args(model, images, labels, out, *extra):
-    return ["convmixer_stream_eval.py", "--model", model, "--image-path", images, "--annotation-file-path", labels,
-            "--result-json-path", out, "--json-file-name", f"result_bs{BS}.json", "--batch-size", BS,
-            "--threads", 1, *extra]
-
-
 def stream_eval(model, images, labels, out, *extra):
-    return run_script(*stream_args(model, images, labels, out, *extra))
+    return run_script(*slow_stream_args(model, images, labels, out, *extra))
 
 
 def kill_after_records(argv, records, min_parts=3, timeout_s=120, env=None):
@@ -68,23 +42,23 @@ def kill_after_records(argv, records, min_parts=3, timeout_s=120, env=None):
     return len(list(records.glob("part-*.jsonl")))
 
 
-def test_killed_local_run_resumes_with_fewer_batches_and_the_same_json(tmp_path, slow_run_inputs):
+def test_killed_local_run_resumes_with_fewer_batches_and_the_same_json(tmp_path, slow_run_inputs, slow_local_run):
     model, images, labels = slow_run_inputs
-    whole = stream_eval(model, images, labels, tmp_path / "whole")
+    whole, whole_json = slow_local_run
     assert whole.returncode == 0, whole.stderr
-    expected = (tmp_path / "whole" / f"result_bs{BS}.json").read_text()
+    expected = whole_json.read_text()
     assert whole.stdout.count("Inference time:") == NUM_PHOTOS // BS
 
     out = tmp_path / "killed"
     records = records_folder(out / f"result_bs{BS}.json")
-    kill_after_records(stream_args(model, images, labels, out, "--record-every", 0), records)
+    kill_after_records(slow_stream_args(model, images, labels, out, "--record-every", 0), records)
     assert not (out / f"result_bs{BS}.json").exists()
     resumed = stream_eval(model, images, labels, out)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     assert 0 < resumed.stdout.count("Inference time:") < NUM_PHOTOS // BS
     assert (out / f"result_bs{BS}.json").read_text() == expected
-    assert image_results(out / f"result_bs{BS}.json") == image_results(tmp_path / "whole" / f"result_bs{BS}.json")
+    assert image_results(out / f"result_bs{BS}.json") == image_results(whole_json)
 
     again = stream_eval(model, images, labels, out)  # everything recorded: nothing runs, same JSON
     assert again.returncode == 0 and again.stdout.count("Inference time:") == 0
