@@ -109,3 +109,14 @@ def test_num_calib_reaches_the_quantizer_and_the_gate_keeps_the_rest_out(small_o
     assert record["num_calib"] == 3 and len(record["images"]) == 3
     held_out, source = fidelity.held_out_samples(backend, fallback=None)()
     assert len(held_out) == 4 and "held out of calibration" in source
+
+
+@pytest.mark.parametrize("script", ["convmixer_infer.py", "convmixer_stream_eval.py"])
+def test_a_num_calib_below_one_is_refused_in_one_line(script, small_onnx, tmp_path):
+    io = (["--input", tmp_path, "--output", tmp_path / "out"] if script == "convmixer_infer.py" else
+          ["--image-path", tmp_path, "--annotation-file-path", tmp_path / "l.txt", "--result-json-path", tmp_path,
+           "--json-file-name", "r.json"])
+    refused = run_script(script, "--model", small_onnx, *io, "--precision", "int8", "--num-calib", 0)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].endswith("argument --num-calib: must be at least 1, got 0")
+    assert not (tmp_path / "out").exists()
