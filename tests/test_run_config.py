@@ -76,6 +76,9 @@ def test_the_runner_resume_names_what_differs_the_device_included(tmp_path):
     on_gpu = dataclasses.replace(config, device="cuda:0", threads=4)
     with pytest.raises(UserError, match=r"made by a different run \(device, threads differ\); remove it"):
         RunFolder(folder, {**on_gpu.identity(), "outfmt": "TXT"}, "TXT").earlier_latencies_ms()
+    first.record_path.write_text("# model=/m.onnx backend=onnxruntime precision=fp32 device=cpu outfmt=TXT\n")
+    with pytest.raises(UserError, match=r"made by a different run \(its record is of an older format\)"):
+        first.earlier_latencies_ms()
 
 
 def test_the_streaming_records_compare_the_same_identity(tmp_path):
