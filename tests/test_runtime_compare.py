@@ -1,6 +1,7 @@
 """convmixer_suite.runtime_compare: the depthwise-alone model, the summary and target checks, and the optional
 runtimes (ncnn via pnnx, IREE) against ONNX Runtime on a small ConvMixer (skipped where a runtime is missing)."""
 import importlib.util
+import shutil
 
 import numpy as np
 import pytest
@@ -121,6 +122,21 @@ def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_on
     properties_only = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, properties={"PERFORMANCE_HINT": "LATENCY"})
     assert properties_only.quantized_ir().name == "production.xml"  # the production model, not a new variant
     assert calls == [(small_onnx, "openvino", calib, 2)]
+
+
+@needs("openvino", "nncf")
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
+def test_openvino_variant_runs_the_half_blocks_on_our_own_operation(small_onnx, tmp_path):
+    from convmixer_suite.depthwise_op import OP_TYPE
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        rng.standard_normal((1, 3, 224, 224)).astype(np.float32).tofile(calib / f"input_{i:05d}.bin")
+    variant = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, depthwise_op="block").load()
+    assert [op.get_type_name() for op in variant.model.get_ops()].count(OP_TYPE) == 2
+    assert "own depthwise op" in variant.version
+    assert variant.predict(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)).shape == (1, 1000)
 
 
 @pytest.mark.parametrize("argv, message", [
