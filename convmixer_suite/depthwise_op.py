@@ -1,16 +1,18 @@
-"""ConvMixer's depthwise half-block as an OpenVINO operation of our own (issue 13, item 3).
+"""ConvMixer's depthwise half-block as an OpenVINO operation of our own, in a channels-last int8 model (issue 13).
 
-``native/depthwise_block.cpp`` computes ``x + scale * gelu(depthwise_conv(x) + bias) + shift`` in one pass
-(bf16 products with fp32 sums where the CPU has AVX512-BF16, fp32 FMA on AVX2). This module builds it with the
-machine's C++ compiler against the installed OpenVINO (cached, keyed by the source, OpenVINO's version and the
-compiler), and puts it in place of each half-block of an int8 OpenVINO model: the depthwise convolution, its
-bias, GELU, the folded BatchNorm and the residual sum, with the FakeQuantize nodes between them. The int8
-pointwise convolutions stay OpenVINO's.
+``native/depthwise_block.cpp`` computes ``x + scale * gelu(depthwise_conv(x) + bias) + shift`` in one pass on
+[N, H, W, C] tensors (fp32 FMA, AVX-512 or AVX2). This module builds it with the machine's C++ compiler against
+the installed OpenVINO (cached, keyed by the source, OpenVINO's version and the compiler), and builds ConvMixer
+around it from the exported .onnx: the patch embedding and the pointwise convolutions as matrix products on
+[N, H*W, C], the half-blocks as our operation, then NNCF quantizes the matrix products to int8.
 
-The rewritten model is written as IR (temporary names, then renamed) and read back through a Core that has the
-extension, so that the nodes OpenVINO runs are the C++ ones. ``compute="copy"`` puts a copy (y = x) in their
-place instead: the model's cost with the half-blocks free, which measures what OpenVINO's own layout
-conversions around a custom operation cost (convmixer_suite.runtime_compare).
+Why channels last: OpenVINO hands a custom operation plain tensors and converts its own layouts around it. In the
+usual NCHW graph those conversions alone cost about as much as the depthwise convolutions they spare (measured
+in docs/precision-runtimes.md); [N, H*W, C] plain is the layout OpenVINO's int8 matrix products use anyway.
+
+The model is written as IR (temporary names, then renamed) and read back through a Core that has the
+extension, so that the nodes OpenVINO runs are the C++ ones. ``compute="copy"`` puts a copy (y = x) in place of
+the half-blocks: the model's cost with them free, for convmixer_suite.runtime_compare.
 """
 import functools
 import hashlib
@@ -26,19 +28,22 @@ from convmixer_suite.cli import UserError
 SOURCE = Path(__file__).parent / "native" / "depthwise_block.cpp"
 OP_TYPE, OP_VERSION = "ConvMixerDepthwiseBlock", "convmixer"
 COMPUTES = ("block", "copy")
+# The classifier stays fp32 in int8 (a 1 x C x 1000 product): NNCF's int8 classifier of a seeded 32-channel
+# ConvMixer was 0.80 of the largest logit off fp32, every other product within 0.001 (tests/test_depthwise_op.py).
+CLASSIFIER = "classifier"
 CXX_HINT = "install a C++ compiler (Debian: apt-get install g++) or name one in CXX"
 CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-DOV_THREAD=OV_THREAD_TBB")
-# ONEDNN_MAX_CPU_ISA caps below AVX512-BF16: the kernel follows them too, so the AVX2 path can run anywhere.
-AVX2_CAPS = {"sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2", "avx512_core", "avx512_core_vnni"}
+# ONEDNN_MAX_CPU_ISA caps below AVX-512: the kernel follows them too, so the AVX2 path can be tested anywhere.
+AVX2_CAPS = {"sse41", "avx", "avx2", "avx2_vnni", "avx2_vnni_2"}
 
 
 def kernel_isa(flags, isa_cap=None):
-    """``avx512_bf16``, ``avx2`` or None (no kernel) for a set of /proc/cpuinfo flags and an ONEDNN_MAX_CPU_ISA."""
+    """``avx512``, ``avx2`` or None (no kernel) for a set of /proc/cpuinfo flags and an ONEDNN_MAX_CPU_ISA."""
     flags = set(flags)
     if "avx2" not in flags:
         return None
     capped = bool(isa_cap) and isa_cap.strip().lower() in AVX2_CAPS
-    return "avx512_bf16" if "avx512_bf16" in flags and not capped else "avx2"
+    return "avx512" if "avx512f" in flags and not capped else "avx2"
 
 
 def this_kernel_isa():
@@ -128,120 +133,143 @@ def node_class():
     return DepthwiseBlockNode
 
 
-def depthwise_block(x, taps, bias, scale, shift, isa: str, compute: str = "block"):
-    """A node computing the half-block on ``x`` (an OpenVINO output, [N, C, H, W]) with these constants."""
+def depthwise_block(x, taps, bias, scale, shift, pre, isa: str, compute: str = "block"):
+    """A node computing the half-block on ``x`` (an OpenVINO output, [N, H, W, C]); ``taps`` [C, k, k]."""
     import openvino.opset13 as ops
+    taps = np.transpose(taps, (1, 2, 0))  # [k, k, C]: one vector of channels a tap
     constants = [ops.constant(np.ascontiguousarray(a, dtype=np.float32)).output(0)
-                 for a in (taps, bias, scale, shift)]
+                 for a in (taps, bias, scale, shift, pre)]
     return node_class()([x, *constants], {"isa": isa, "compute": compute})
 
 
-# ---- finding the half-blocks in an int8 model ------------------------------------------------------------
+# ---- ConvMixer from its .onnx ----------------------------------------------------------------------------
 
-def constant_value(output):
-    """The value of a constant subgraph (NNCF's compressed weights: Constant -> Convert -> Subtract/Multiply),
-    or None where anything else feeds it."""
-    node = output.get_node()
-    kind = node.get_type_name()
-    if kind == "Constant":
-        return node.get_data().astype(np.float32)
-    if kind == "Convert":
-        return constant_value(node.input_value(0))
-    if kind in ("Multiply", "Subtract", "Add"):
-        a, b = (constant_value(v) for v in node.input_values())
-        if a is None or b is None:
-            return None
-        return {"Multiply": np.multiply, "Subtract": np.subtract, "Add": np.add}[kind](a, b)
-    return None
+def onnx_values(graph) -> dict:
+    """Every constant the graph names: initializers, Constant nodes, and Identity nodes of either."""
+    from onnx import numpy_helper
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].type == 4:  # a tensor
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
 
 
-def only_consumer(node):
-    targets = list(node.output(0).get_target_inputs())
-    return targets[0].get_node() if len(targets) == 1 else None
+def batchnorm(node, values) -> tuple:
+    """(scale, shift) of an inference BatchNormalization."""
+    eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+    gamma, beta, mean, var = (values[name].astype(np.float64) for name in node.input[1:5])
+    scale = gamma / np.sqrt(var + eps)
+    return scale.astype(np.float32), (beta - mean * scale).astype(np.float32)
 
 
-def past_quantizers(node):
-    while node is not None and node.get_type_name() == "FakeQuantize":
-        node = only_consumer(node)
-    return node
+def convmixer_layers(onnx_path) -> dict:
+    """The weights of an exported ConvMixer, in order: {stem: (w, b, scale, shift), blocks: [{dw, dw_bias,
+    dw_bn, pw, pw_bias, pw_bn}], head: (w, b)}. Any other graph is refused in one line."""
+    import onnx
+    path = Path(onnx_path)
+    graph = onnx.load(str(path)).graph
+    values = onnx_values(graph)
+    layers = [n for n in graph.node if n.op_type in ("Conv", "BatchNormalization", "Gemm")]
+    kinds = [n.op_type for n in layers]
+    depth = (len(layers) - 3) // 4
+    if depth < 1 or kinds != ["Conv", "BatchNormalization"] + ["Conv", "BatchNormalization"] * (2 * depth) + ["Gemm"]:
+        raise UserError(f"{path}: not a ConvMixer as convmixer_pth2onnx.py exports it (its layers: "
+                        f"{len(kinds)} Conv/BatchNormalization/Gemm in another order)")
+
+    def conv(node):
+        return values[node.input[1]].astype(np.float32), values[node.input[2]].astype(np.float32)
+
+    stem_w, stem_b = conv(layers[0])
+    blocks = []
+    for d in range(depth):
+        dw, bn1, pw, bn2 = layers[2 + 4 * d: 6 + 4 * d]
+        (dw_w, dw_b), (pw_w, pw_b) = conv(dw), conv(pw)
+        blocks.append({"dw": dw_w[:, 0], "dw_bias": dw_b, "dw_bn": batchnorm(bn1, values),
+                       "pw": pw_w[:, :, 0, 0], "pw_bias": pw_b, "pw_bn": batchnorm(bn2, values)})
+    head = layers[-1]
+    head_w = values[head.input[1]].astype(np.float32)
+    if not any(a.name == "transB" and a.i == 1 for a in head.attribute):
+        head_w = head_w.T
+    return {"stem": (stem_w, stem_b, *batchnorm(layers[1], values)), "blocks": blocks,
+            "head": (head_w, values[head.input[2]].astype(np.float32))}
 
 
-def unquantized(output):
-    node = output.get_node()
-    return node.input_value(0) if node.get_type_name() == "FakeQuantize" else output
-
-
-def per_channel_constant(node, channels: int):
-    """The per-channel constant operand of an Add/Multiply, as [channels], or None."""
-    for value in node.input_values():
-        array = constant_value(value)
-        if array is not None and array.size == channels:
-            return array.reshape(channels)
-    return None
-
-
-def half_block(conv) -> dict:
-    """The parts of the half-block that starts at GroupConvolution ``conv``: {x, taps, bias, scale, shift, end},
-    or None where the graph is not x + [Multiply] [Add] GELU(erf)(depthwise(x) [+ bias]) with "same" padding."""
-    attributes = conv.get_attributes()
-    taps = constant_value(conv.input_value(1))
-    if taps is None or taps.ndim != 5 or taps.shape[1:3] != (1, 1) or taps.shape[3] != taps.shape[4]:
-        return None
-    channels, k = taps.shape[0], taps.shape[-1]
-    if (list(attributes.get("strides", [])) != [1, 1] or list(attributes.get("dilations", [])) != [1, 1]
-            or k % 2 == 0 or list(attributes.get("pads_begin", [])) != [k // 2] * 2
-            or list(attributes.get("pads_end", [])) != [k // 2] * 2):
-        return None
-    x = unquantized(conv.input_value(0))
-    parts = {"x": x, "taps": taps.reshape(channels, k, k), "bias": np.zeros(channels, np.float32),
-             "scale": np.ones(channels, np.float32), "shift": np.zeros(channels, np.float32)}
-    node = only_consumer(conv)
-    if node is not None and node.get_type_name() == "Add" and per_channel_constant(node, channels) is not None:
-        parts["bias"] = per_channel_constant(node, channels)
-        node = only_consumer(node)
-    if node is None or node.get_type_name() != "Gelu" or node.get_attributes().get("approximation_mode") != "ERF":
-        return None
-    node = past_quantizers(only_consumer(node))
-    for kind, name in (("Multiply", "scale"), ("Add", "shift")):
-        if node is not None and node.get_type_name() == kind and per_channel_constant(node, channels) is not None:
-            parts[name] = per_channel_constant(node, channels)
-            node = past_quantizers(only_consumer(node))
-    if node is None or node.get_type_name() != "Add" or not any(unquantized(v) == x for v in node.input_values()):
-        return None
-    parts["end"] = node
-    return parts
-
-
-def fuse_depthwise_blocks(model, isa: str, compute: str = "block") -> int:
-    """Put the operation in place of every half-block ``half_block`` recognizes in ``model`` (in place); the
-    number replaced."""
-    replaced = 0
-    for conv in [op for op in model.get_ordered_ops() if op.get_type_name() == "GroupConvolution"]:
-        parts = half_block(conv)
-        if parts is None:
-            continue
-        node = depthwise_block(parts["x"], parts["taps"], parts["bias"], parts["scale"], parts["shift"], isa, compute)
-        parts["end"].output(0).replace(node.output(0))
-        replaced += 1
-    model.validate_nodes_and_infer_types()
-    return replaced
-
-
-def fused_model(core, int8_xml, cache_dir, isa: str, compute: str = "block"):
-    """``int8_xml`` (an OpenVINO int8 IR) with its half-blocks replaced, as an IR in ``cache_dir`` (written once
-    per input model, kernel, mode and source), read back through ``core`` with the extension added."""
+def channels_last_model(layers: dict, isa: str, compute: str = "block", image_size: int = 224):
+    """ConvMixer on [N, H*W, C] tokens: the patch embedding as patches x weights, each pointwise convolution as a
+    matrix product (OpenVINO fuses its bias, GELU and BatchNorm scale), each half-block our operation (which also
+    takes the BatchNorm shift before it), the mean over tokens, the classifier. Batch 1."""
     import openvino as ov
-    extension = extension_path(cache_dir)
-    core.add_extension(str(extension))
-    int8_xml = Path(int8_xml)
-    digest = hashlib.sha256(int8_xml.read_bytes() + int8_xml.with_suffix(".bin").read_bytes()).hexdigest()[:12]
-    target = Path(cache_dir) / f"{int8_xml.stem}-{digest}.dwop-{isa}-{compute}-{extension.stem[-12:]}.xml"
-    if not target.is_file():
-        model = core.read_model(str(int8_xml))
-        if fuse_depthwise_blocks(model, isa, compute) == 0:
-            raise UserError(f"{int8_xml}: no depthwise half-block of ConvMixer's form found to replace")
-        tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.xml")
+    import openvino.opset13 as ops
+    stem_w, stem_b, scale, shift = layers["stem"]
+    channels, patch = stem_w.shape[0], stem_w.shape[-1]
+    if channels % 16:
+        raise UserError(f"the depthwise operation needs a multiple of 16 channels, not {channels}")
+    side = image_size // patch
+
+    def tokens(h, *shape):
+        return ops.reshape(h, ops.constant(np.array(shape, np.int64)), False)
+
+    def product(h, weight, bias, bn_scale):  # weight [out, in]
+        h = ops.add(ops.matmul(h, ops.constant(np.ascontiguousarray(weight)), False, True), ops.constant(bias))
+        return ops.multiply(ops.gelu(h, "erf"), ops.constant(bn_scale))
+
+    image = ops.parameter([1, 3, image_size, image_size], np.float32, name="image")
+    h = tokens(image, 1, 3, side, patch, side, patch)
+    h = ops.transpose(h, ops.constant(np.array([0, 2, 4, 1, 3, 5], np.int64)))  # the patches, (c, y, x) inside
+    h = product(tokens(h, 1, side * side, -1), stem_w.reshape(channels, -1), stem_b, scale)
+    for block in layers["blocks"]:
+        h = tokens(h, 1, side, side, channels)
+        h = depthwise_block(h.output(0), block["dw"], block["dw_bias"], *block["dw_bn"], shift, isa, compute)
+        h = product(tokens(h.output(0), 1, side * side, channels), block["pw"], block["pw_bias"], block["pw_bn"][0])
+        shift = block["pw_bn"][1]
+    h = ops.add(ops.reduce_mean(h, ops.constant(np.array([1], np.int64)), False), ops.constant(shift))
+    head_w, head_b = layers["head"]
+    logits = ops.matmul(h, ops.constant(np.ascontiguousarray(head_w)), False, True, name=CLASSIFIER)
+    return ov.Model([ops.result(ops.add(logits, ops.constant(head_b)))], [image], "convmixer_channels_last")
+
+
+def save_ir(model, target: Path) -> None:
+    """The model as IR under ``target``, written under temporary names and renamed (.bin first)."""
+    import openvino as ov
+    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.xml")
+    try:
         ov.save_model(model, str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), target.with_suffix(".bin"))
         os.replace(tmp, target)
-    return core.read_model(str(target))
+    finally:
+        for leftover in (tmp, tmp.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
+
+
+class DepthwiseOp:
+    """The channels-last variant for convmixer_suite.precision.int8_model: its cache parameters and its build."""
+
+    def __init__(self, isa: str, compute: str, cache_dir):
+        if compute not in COMPUTES:
+            raise UserError(f"compute {compute}: one of {', '.join(COMPUTES)}")
+        self.isa, self.compute = isa, compute
+        self.extension = extension_path(cache_dir)
+
+    def params(self) -> dict:
+        return {"isa": self.isa, "compute": self.compute, "extension": self.extension.name}
+
+    def core(self):
+        import openvino as ov
+        core = ov.Core()
+        core.add_extension(str(self.extension))
+        return core
+
+    def quantize(self, onnx_path, samples, target: Path, settings: dict) -> None:
+        """The fp32 channels-last model of ``onnx_path``, read back with the extension, quantized by NNCF with
+        the int8 class's ``settings`` (the matrix products only: NNCF leaves an operation it does not know)."""
+        from convmixer_suite.precision import quantize_nncf_model
+        fp32 = Path(target).with_name(f"{Path(target).stem}.fp32.xml")
+        save_ir(channels_last_model(convmixer_layers(onnx_path), self.isa, self.compute), fp32)
+        try:
+            quantize_nncf_model(self.core().read_model(str(fp32)), samples, Path(target), settings,
+                                keep_fp32=(CLASSIFIER,))
+        finally:
+            fp32.unlink(missing_ok=True)
+            fp32.with_suffix(".bin").unlink(missing_ok=True)

@@ -49,11 +49,12 @@ INT8_USER = "--precision int8 on this backend"
 
 
 def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE,
-               cpu_class=None) -> Path:
+               cpu_class=None, depthwise_op=None) -> Path:
     """The int8 model for ``backend_name`` made from ``onnx_path`` for this machine's int8 class (or
     ``cpu_class``), calibrated on the first ``num_calib`` images of ``calib_dir`` that are not held out (a folder
     written by convmixer_preprocess.py; or, for a model whose input is not an image, batch files of float32
-    samples of ``sample_shape``); built once, then reused."""
+    samples of ``sample_shape``); built once, then reused. ``depthwise_op`` (a depthwise_op.DepthwiseOp, openvino
+    only): the channels-last model whose depthwise half-blocks run on our own operation."""
     onnx_path = Path(onnx_path)
     if backend_name not in ROUTES:
         raise UserError(f"--precision int8 runs on {' or '.join(ROUTES)}, not on the {backend_name} backend")
@@ -70,7 +71,14 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
               "cpu_class": cpu_class, "settings": settings}
     if tuple(sample_shape) != IMAGE_SHAPE:
         params["sample_shape"] = list(sample_shape)
-    target = onnx_path.with_name(f"{onnx_path.stem}.int8-{backend_name}-"
+    build = quantize_nncf if route == "nncf" else quantize_qdq
+    variant = ""
+    if depthwise_op is not None:
+        if route != "nncf":
+            raise UserError(f"the depthwise operation runs on openvino, not on the {backend_name} backend")
+        params["depthwise_op"] = depthwise_op.params()
+        build, variant = depthwise_op.quantize, "-dwop"
+    target = onnx_path.with_name(f"{onnx_path.stem}.int8-{backend_name}{variant}-"
                                  f"{cache_key(onnx_path, samples, params)}{suffix}")
     described = f"CPU class {cpu_class}: {describe_settings(settings)}"
     if target.is_file():
@@ -78,7 +86,6 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
         return target
     LOG.info(f"int8: quantizing {onnx_path.name} for {backend_name} ({route}, {described}), calibrated on "
              f"{len(samples)} images of {folder} -> {target.name}")
-    build = quantize_nncf if route == "nncf" else quantize_qdq
     with contextlib.redirect_stdout(sys.stderr):  # the libraries' progress must not enter msame's log
         build(onnx_path, samples, target, settings)
     write_calibration_record(target, sample_names, params)
@@ -220,18 +227,27 @@ def progress(samples, what):
 
 
 def quantize_nncf(onnx_path: Path, samples, target: Path, settings: dict) -> None:
-    """NNCF post-training quantization of the OpenVINO model, saved as IR; the .bin is renamed into
-    place before the .xml, so an .xml under the final name always has its weights beside it."""
-    import nncf
+    """NNCF post-training quantization of the OpenVINO model, saved as IR."""
     import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from openvino._offline_transformations import apply_moc_transformations
 
     model = ov.Core().read_model(str(onnx_path))
     apply_moc_transformations(model, cf=True)  # fuses the exported erf pattern into Gelu, folds constants
+    quantize_nncf_model(model, samples, target, settings)
+
+
+def quantize_nncf_model(model, samples, target: Path, settings: dict, keep_fp32=()) -> None:
+    """NNCF post-training quantization of an OpenVINO model (but the nodes named in ``keep_fp32``), saved as IR;
+    the .bin is renamed into place before the .xml, so an .xml under the final name always has its weights
+    beside it."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(settings["overflow_fix"]))
+    ignored = {"ignored_scope": nncf.IgnoredScope(names=list(keep_fp32))} if keep_fp32 else {}
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                              fast_bias_correction=True, advanced_parameters=advanced)
+                              fast_bias_correction=True, advanced_parameters=advanced, **ignored)
     tmp_xml = target.with_name(f".{target.stem}.tmp{os.getpid()}.xml")
     tmp_bin = tmp_xml.with_suffix(".bin")
     try:

@@ -347,12 +347,18 @@ class OpenVinoVariant:
         return self
 
     def model_with_depthwise_op(self):
-        from convmixer_suite.depthwise_op import fused_model, this_kernel_isa
+        """The channels-last int8 model whose half-blocks run on our own operation (convmixer_suite.depthwise_op),
+        calibrated on the production model's images; read through a Core that has the extension."""
+        from convmixer_suite.depthwise_op import DepthwiseOp, this_kernel_isa
+        from convmixer_suite.precision import int8_model
         isa = this_kernel_isa()
         if isa is None:
             raise UserError("the depthwise operation needs a CPU with AVX2 and FMA")
+        op = DepthwiseOp(isa, self.depthwise_op, self.work / "native")
+        self.core = op.core()
         self.version = f"{self.version}, own depthwise op ({isa})"
-        return fused_model(self.core, self.quantized_ir(), self.work / "native", isa, self.depthwise_op)
+        return self.core.read_model(str(int8_model(self.onnx_path, "openvino", self.calib_dir, self.num_calib,
+                                                   depthwise_op=op)))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
