@@ -26,7 +26,7 @@ from convmixer_suite.precision import DEFAULT_NUM_CALIB
 
 LOG = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("onnxruntime", "openvino", "torch", "msame", "ais_bench")
+BACKEND_NAMES = ("onnxruntime", "openvino", "openvino-dwop", "torch", "msame", "ais_bench")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead: CUDA graphs
 BF16_MIN_CAPABILITY = (8, 0)  # CUDA bf16 arithmetic: Ampere (compute capability 8.0) and later
@@ -143,9 +143,17 @@ class Backend:
             self.run_path = fp16_model(self.model_path)
         elif self.precision == "int8":
             precision = importlib.import_module("convmixer_suite.precision")  # as tests/test_backends.py replaces it
-            self.run_path = Path(precision.int8_model(self.model_path, self.name, self.calib_dir, self.num_calib,
-                                                      sample_shape=self.input_shape))
+            self.run_path = Path(precision.int8_model(self.model_path, self.runtime, self.calib_dir, self.num_calib,
+                                                      sample_shape=self.input_shape, **self.int8_options()))
         return self.run_path
+
+    @property
+    def runtime(self) -> str:
+        """The runtime under this backend's name: the quantizer's route, and the fidelity gate's fp32 reference."""
+        return self.name
+
+    def int8_options(self) -> dict:
+        return {}
 
     def runs_fp16_onnx(self) -> bool:
         """Whether fp16 here means running the float16 ONNX (convmixer_suite.fp16_onnx) rather than the fp32 one
@@ -229,7 +237,7 @@ class OpenVinoBackend(Backend):
     def _load(self):
         ov = import_library("openvino", f"the {self.name} backend", "pip install openvino")
         self.version = ov.get_version()
-        core = ov.Core()
+        core = self.new_core(ov)
         device = "CPU" if self.device_kind == "cpu" else f"GPU.{self.device_index}"
         if self.precision == "bf16" and not self.device_has_bf16(core, device):
             LOG.info(f"{device} lacks bf16 support; running fp32 instead")
@@ -249,6 +257,9 @@ class OpenVinoBackend(Backend):
         self.requests = {}  # batch size -> infer request of the model compiled for it
         if self.batch_size:
             self.requests[self.batch_size] = self._compile(self.model)
+
+    def new_core(self, ov):
+        return ov.Core()
 
     def _openvino_call(self, fn, *args):
         try:
@@ -288,6 +299,35 @@ class OpenVinoBackend(Backend):
         request = self._request_for(len(batch))
         request.infer({0: batch})
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
+
+
+class OpenVinoDepthwiseBackend(OpenVinoBackend):
+    """OpenVINO int8 with ConvMixer's depthwise half-blocks on our own operation (convmixer_suite.depthwise_op): the
+    channels-last model built from the .onnx, its matrix products quantized by NNCF, cached beside the model as
+    openvino's int8 model is. The operation is built with the machine's C++ compiler on first use (into
+    convmixer_native/ beside the model). Its fp32 reference for the fidelity gate is the openvino backend."""
+    name = "openvino-dwop"
+    supported_precisions = ("int8",)
+    supported_devices = ("cpu",)
+
+    @property
+    def runtime(self) -> str:
+        return "openvino"
+
+    def _load(self):
+        from convmixer_suite.depthwise_op import DepthwiseOp, this_kernel_isa
+        isa = this_kernel_isa()
+        if isa is None:
+            raise SettingError("backend", f"{self.name}: the depthwise operation needs a CPU with AVX2 and FMA")
+        self.depthwise = DepthwiseOp(isa, "block", self.model_path.parent / "convmixer_native")
+        super()._load()
+        self.version = f"{self.version}, own depthwise op ({isa})"
+
+    def new_core(self, ov):
+        return self.depthwise.core()
+
+    def int8_options(self) -> dict:
+        return {"depthwise_op": self.depthwise}
 
 
 class TorchBackend(Backend):
@@ -513,7 +553,7 @@ class AisBenchBackend(ToolBackend):
         return argv + self.device_args()
 
 
-BACKENDS = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, TorchBackend,
+BACKENDS = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, OpenVinoDepthwiseBackend, TorchBackend,
                                       MsameBackend, AisBenchBackend)}
 
 

@@ -166,7 +166,8 @@ def batchnorm(node, values) -> tuple:
 
 def convmixer_layers(onnx_path) -> dict:
     """The weights of an exported ConvMixer, in order: {stem: (w, b, scale, shift), blocks: [{dw, dw_bias,
-    dw_bn, pw, pw_bias, pw_bn}], head: (w, b)}. Any other graph is refused in one line."""
+    dw_bn, pw, pw_bias, pw_bn}], head: (w, b), batch: its input's batch size, None where dynamic}. Any other
+    graph is refused in one line."""
     import onnx
     path = Path(onnx_path)
     graph = onnx.load(str(path)).graph
@@ -192,14 +193,16 @@ def convmixer_layers(onnx_path) -> dict:
     head_w = values[head.input[1]].astype(np.float32)
     if not any(a.name == "transB" and a.i == 1 for a in head.attribute):
         head_w = head_w.T
+    first = graph.input[0].type.tensor_type.shape.dim[0]
     return {"stem": (stem_w, stem_b, *batchnorm(layers[1], values)), "blocks": blocks,
-            "head": (head_w, values[head.input[2]].astype(np.float32))}
+            "head": (head_w, values[head.input[2]].astype(np.float32)),
+            "batch": first.dim_value if first.HasField("dim_value") else None}
 
 
 def channels_last_model(layers: dict, isa: str, compute: str = "block", image_size: int = 224):
     """ConvMixer on [N, H*W, C] tokens: the patch embedding as patches x weights, each pointwise convolution as a
     matrix product (OpenVINO fuses its bias, GELU and BatchNorm scale), each half-block our operation (which also
-    takes the BatchNorm shift before it), the mean over tokens, the classifier. Batch 1."""
+    takes the BatchNorm shift before it), the mean over tokens, the classifier. The batch axis is the .onnx's."""
     import openvino as ov
     import openvino.opset13 as ops
     stem_w, stem_b, scale, shift = layers["stem"]
@@ -215,14 +218,14 @@ def channels_last_model(layers: dict, isa: str, compute: str = "block", image_si
         h = ops.add(ops.matmul(h, ops.constant(np.ascontiguousarray(weight)), False, True), ops.constant(bias))
         return ops.multiply(ops.gelu(h, "erf"), ops.constant(bn_scale))
 
-    image = ops.parameter([1, 3, image_size, image_size], np.float32, name="image")
-    h = tokens(image, 1, 3, side, patch, side, patch)
+    image = ops.parameter([layers.get("batch") or -1, 3, image_size, image_size], np.float32, name="image")
+    h = tokens(image, -1, 3, side, patch, side, patch)  # -1: the batch
     h = ops.transpose(h, ops.constant(np.array([0, 2, 4, 1, 3, 5], np.int64)))  # the patches, (c, y, x) inside
-    h = product(tokens(h, 1, side * side, -1), stem_w.reshape(channels, -1), stem_b, scale)
+    h = product(tokens(h, -1, side * side, 3 * patch * patch), stem_w.reshape(channels, -1), stem_b, scale)
     for block in layers["blocks"]:
-        h = tokens(h, 1, side, side, channels)
+        h = tokens(h, -1, side, side, channels)
         h = depthwise_block(h.output(0), block["dw"], block["dw_bias"], *block["dw_bn"], shift, isa, compute)
-        h = product(tokens(h.output(0), 1, side * side, channels), block["pw"], block["pw_bias"], block["pw_bn"][0])
+        h = product(tokens(h.output(0), -1, side * side, channels), block["pw"], block["pw_bias"], block["pw_bn"][0])
         shift = block["pw_bn"][1]
     h = ops.add(ops.reduce_mean(h, ops.constant(np.array([1], np.int64)), False), ops.constant(shift))
     head_w, head_b = layers["head"]

@@ -80,8 +80,8 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
 
 def measure(backend, samples: np.ndarray, image_source: str) -> Fidelity:
     from convmixer_suite.backends import BACKENDS
-    reference = BACKENDS[backend.name](backend.model_path, threads=backend.threads, device=backend.device,
-                                       input_shape=backend.input_shape).load()
+    reference = BACKENDS[getattr(backend, "runtime", backend.name)](backend.model_path, threads=backend.threads, device=backend.device,
+                                          input_shape=backend.input_shape).load()
     LOG.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
     error, agree = compare_logits(predict_all(backend, samples), predict_all(reference, samples))
     return Fidelity(backend.precision, backend.name, backend.device or "cpu", this_int8_class(), error,

@@ -156,3 +156,39 @@ def test_other_models_are_refused_in_one_line(extension, tmp_path):
     chain = build_depthwise_onnx(ArchSpec("chain", 16, 2, 3, 28), tmp_path / "chain.onnx")
     with pytest.raises(UserError, match=r"chain.onnx: not a ConvMixer as convmixer_pth2onnx.py exports it"):
         depthwise_op.convmixer_layers(chain)
+
+
+def photo_batch(calib_dir):
+    return np.concatenate([np.fromfile(p, dtype=np.float32).reshape(-1, 3, 224, 224)
+                           for p in sorted(calib_dir.glob("input_*.bin"))])[:7]
+
+
+@needs_compiler
+def test_the_openvino_dwop_backend_is_int8_close_to_fp32(small_onnx, calib_dir):
+    """The backend on seven photos at once (its batch-1 model reshaped to 7): as close to fp32 as the other
+    int8 backends are held to (tests/test_precision.py), and another model than fp32."""
+    from convmixer_suite.backends import create_backend
+    x = photo_batch(calib_dir)
+    reference = create_backend("onnxruntime", small_onnx).predict(x)
+    backend = create_backend("openvino-dwop", small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5)
+    got = backend.predict(x)
+    assert (got.argmax(1) == reference.argmax(1)).mean() >= 6 / 7
+    assert np.abs(got - reference).max() / np.abs(reference).max() < 0.05
+    assert not np.array_equal(got, reference)
+    assert ".int8-openvino-dwop-" in backend.run_path.name and "own depthwise op" in backend.version
+    assert list((small_onnx.parent / "convmixer_native").glob("libconvmixer_depthwise-*.so"))
+
+
+@needs_compiler
+def test_the_infer_script_runs_it_behind_the_fidelity_gate(small_onnx, calib_dir, tmp_path):
+    from conftest import run_script
+    result = run_script("convmixer_infer.py", "--model", small_onnx, "--input", calib_dir, "--output",
+                        tmp_path / "out", "--backend", "openvino-dwop", "--precision", "int8", "--calib", calib_dir)
+    assert result.returncode == 0, result.stderr
+    assert "[INFO] fidelity: int8 on openvino-dwop" in result.stdout
+    assert len(list((tmp_path / "out").glob("*/input_*_output_0.txt"))) == 4
+    refused = run_script("convmixer_infer.py", "--model", small_onnx, "--input", calib_dir, "--output",
+                         tmp_path / "fp32", "--backend", "openvino-dwop")
+    assert refused.returncode == 2 and not (tmp_path / "fp32").exists()
+    assert refused.stderr.strip().splitlines() == [
+        "convmixer_infer.py: error: --precision fp32 is not available on the openvino-dwop backend (it runs int8)"]

@@ -16,6 +16,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -26,6 +28,31 @@
 #include <openvino/core/op_extension.hpp>
 #include <openvino/core/parallel.hpp>
 #include <openvino/op/op.hpp>
+
+namespace convmixer {
+// A zero-filled buffer on 64-byte boundaries: the kernels' 64-byte loads then never straddle two cache lines.
+template <class T>
+class Aligned {
+public:
+    explicit Aligned(size_t count, T fill = T())
+        : size_(count), data_(static_cast<T*>(std::aligned_alloc(64, (count * sizeof(T) + 63) / 64 * 64))) {
+        if (!data_) throw std::bad_alloc();
+        std::fill(data_.get(), data_.get() + count, fill);
+    }
+    T* begin() { return data_.get(); }
+    T* end() { return data_.get() + size_; }
+    T& operator[](size_t i) { return data_.get()[i]; }
+    const T& operator[](size_t i) const { return data_.get()[i]; }
+
+private:
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    size_t size_;
+    std::unique_ptr<T, Free> data_;
+};
+}  // namespace convmixer
+using convmixer::Aligned;
 
 namespace {
 // erf by Abramowitz & Stegun 7.1.28: 1 - (1 + a1 x + ... + a6 x^6)^-16 for x >= 0, |error| < 3e-7.
