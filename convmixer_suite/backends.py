@@ -320,6 +320,10 @@ class OpenVinoDepthwiseBackend(OpenVinoBackend):
         if isa is None:
             raise SettingError("backend", f"{self.name}: the depthwise operation needs a CPU with AVX2 and FMA")
         self.depthwise = DepthwiseOp(isa, "block", self.model_path.parent / "convmixer_native")
+        from convmixer_suite.cpu_info import this_int8_class
+        if this_int8_class() == "avx2":
+            LOG.warning(f"{self.name} on CPU class avx2 (no VNNI): OpenVINO's int8 matrix products are slow there; "
+                        f"measured 1.7x slower than --backend openvino (docs/depthwise-op.md)")
         super()._load()
         self.version = f"{self.version}, own depthwise op ({isa})"
 

@@ -192,3 +192,14 @@ def test_the_infer_script_runs_it_behind_the_fidelity_gate(small_onnx, calib_dir
     assert refused.returncode == 2 and not (tmp_path / "fp32").exists()
     assert refused.stderr.strip().splitlines() == [
         "convmixer_infer.py: error: --precision fp32 is not available on the openvino-dwop backend (it runs int8)"]
+
+
+@needs_compiler
+def test_the_backend_warns_in_the_avx2_class(small_onnx, calib_dir, caplog, monkeypatch):
+    """Where the int8 class is avx2 it says it is the slower choice there (the class itself is tested in
+    test_fidelity.py's ONEDNN_MAX_CPU_ISA subprocess; here it is stubbed, not to cap this process's oneDNN)."""
+    from convmixer_suite import backends, cpu_info
+    monkeypatch.setattr(cpu_info, "this_int8_class", lambda: "avx2")
+    caplog.set_level("WARNING", logger="convmixer_suite.backends")
+    backends.OpenVinoDepthwiseBackend(small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5).load()
+    assert "openvino-dwop on CPU class avx2 (no VNNI)" in caplog.text
