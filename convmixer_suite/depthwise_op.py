@@ -8,7 +8,7 @@ around it from the exported .onnx: the patch embedding and the pointwise convolu
 
 Why channels last: OpenVINO hands a custom operation plain tensors and converts its own layouts around it. In the
 usual NCHW graph those conversions alone cost about as much as the depthwise convolutions they spare (measured
-in docs/precision-runtimes.md); [N, H*W, C] plain is the layout OpenVINO's int8 matrix products use anyway.
+in docs/depthwise-op.md); [N, H*W, C] plain is the layout OpenVINO's int8 matrix products use anyway.
 
 The model is written as IR (temporary names, then renamed) and read back through a Core that has the
 extension, so that the nodes OpenVINO runs are the C++ ones. ``compute="copy"`` puts a copy (y = x) in place of
