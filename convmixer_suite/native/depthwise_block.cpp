@@ -60,29 +60,27 @@ constexpr float kErf[6] = {0.0705230784f, 0.0422820123f, 0.0092705272f, 0.000152
 constexpr float kInvSqrt2 = 0.70710678118654752f;
 }  // namespace
 
+// The float vector operations the kernel uses, the same for every width: VECTOR_OPS(type, lanes, intrinsic prefix).
+#define VECTOR_OPS(TYPE, LANES, P)                                                  \
+    using T = TYPE;                                                                 \
+    static constexpr int L = LANES;                                                 \
+    static T load(const float* p) { return P##_loadu_ps(p); }                       \
+    static void store(float* p, T v) { P##_storeu_ps(p, v); }                       \
+    static T set1(float f) { return P##_set1_ps(f); }                               \
+    static T fma(T a, T b, T c) { return P##_fmadd_ps(a, b, c); }                   \
+    static T add(T a, T b) { return P##_add_ps(a, b); }                             \
+    static T mul(T a, T b) { return P##_mul_ps(a, b); }                             \
+    static T div(T a, T b) { return P##_div_ps(a, b); }
+
 #pragma GCC push_options
 #pragma GCC target("avx512f,fma")
 namespace avx512 {
 struct Vec {
-    using T = __m512;
-    static constexpr int L = 16;
-    static T load(const float* p) { return _mm512_loadu_ps(p); }
-    static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
-    static T set1(float f) { return _mm512_set1_ps(f); }
-    static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-    static T add(T a, T b) { return _mm512_add_ps(a, b); }
-    static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
-    static T gelu(T v) {  // 0.5 v (1 + erf(v / sqrt 2))
-        const T u = mul(v, set1(kInvSqrt2));
-        const T a = _mm512_abs_ps(u);
-        T p = set1(kErf[5]);
-        for (int i = 4; i >= 0; --i) p = fma(p, a, set1(kErf[i]));
-        p = fma(p, a, set1(1.0f));
-        p = mul(p, p), p = mul(p, p), p = mul(p, p), p = mul(p, p);
-        const T erf_abs = _mm512_sub_ps(set1(1.0f), _mm512_div_ps(set1(1.0f), p));
-        const T erf = _mm512_castsi512_ps(_mm512_or_si512(
-            _mm512_castps_si512(erf_abs), _mm512_and_si512(_mm512_castps_si512(u), _mm512_set1_epi32(INT32_MIN))));
-        return mul(mul(set1(0.5f), v), add(set1(1.0f), erf));
+    VECTOR_OPS(__m512, 16, _mm512)
+    static T abs(T a) { return _mm512_abs_ps(a); }
+    static T with_sign_of(T magnitude, T sign) {
+        return _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_castps_si512(magnitude), _mm512_and_si512(_mm512_castps_si512(sign), _mm512_set1_epi32(INT32_MIN))));
     }
 };
 #include "depthwise_kernel.inc"
@@ -93,25 +91,9 @@ struct Vec {
 #pragma GCC target("avx2,fma")
 namespace avx2 {
 struct Vec {
-    using T = __m256;
-    static constexpr int L = 8;
-    static T load(const float* p) { return _mm256_loadu_ps(p); }
-    static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
-    static T set1(float f) { return _mm256_set1_ps(f); }
-    static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-    static T add(T a, T b) { return _mm256_add_ps(a, b); }
-    static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
-    static T gelu(T v) {
-        const T sign = set1(-0.0f);
-        const T u = mul(v, set1(kInvSqrt2));
-        const T a = _mm256_andnot_ps(sign, u);
-        T p = set1(kErf[5]);
-        for (int i = 4; i >= 0; --i) p = fma(p, a, set1(kErf[i]));
-        p = fma(p, a, set1(1.0f));
-        p = mul(p, p), p = mul(p, p), p = mul(p, p), p = mul(p, p);
-        const T erf_abs = _mm256_sub_ps(set1(1.0f), _mm256_div_ps(set1(1.0f), p));
-        return mul(mul(set1(0.5f), v), add(set1(1.0f), _mm256_or_ps(erf_abs, _mm256_and_ps(sign, u))));
-    }
+    VECTOR_OPS(__m256, 8, _mm256)
+    static T abs(T a) { return _mm256_andnot_ps(set1(-0.0f), a); }
+    static T with_sign_of(T magnitude, T sign) { return _mm256_or_ps(magnitude, _mm256_and_ps(set1(-0.0f), sign)); }
 };
 #include "depthwise_kernel.inc"
 }  // namespace avx2
