@@ -1,4 +1,5 @@
-"""pyproject.toml and the requirements files pin the same packages, and the package ships its data file."""
+"""pyproject.toml and the requirements files pin the same packages, and the package ships its data files."""
+import fnmatch
 import re
 import tomllib
 from pathlib import Path
@@ -52,3 +53,13 @@ def test_the_class_table_is_package_data():
     assert "imagenet_classes.tsv" in config["package-data"]["convmixer_suite"]
     assert (REPO / "convmixer_suite" / "imagenet_classes.tsv").is_file()
     assert config["py-modules"] == ["convmixer_net"] and config["packages"] == ["convmixer_suite"]
+
+
+def test_the_native_sources_are_package_data():
+    """The depthwise operation is compiled from the installed package (convmixer_suite.depthwise_op): every file
+    of convmixer_suite/native must be installed with it, the included kernel as well as the .cpp."""
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    sources = sorted(p.name for p in (REPO / "convmixer_suite" / "native").iterdir())
+    assert {"depthwise_block.cpp", "depthwise_kernel.inc"} <= set(sources)
+    for name in sources:
+        assert any(fnmatch.fnmatch(f"native/{name}", p) for p in patterns["convmixer_suite"]), name
