@@ -309,19 +309,20 @@ class OpenVinoDepthwiseBackend(OpenVinoBackend):
     name = "openvino-dwop"
     supported_precisions = ("int8",)
     supported_devices = ("cpu",)
+    compute = "block"  # "copy" in runtime_compare: the model's cost with the half-blocks free
 
     @property
     def runtime(self) -> str:
         return "openvino"
 
     def _load(self):
+        from convmixer_suite import cpu_info
         from convmixer_suite.depthwise_op import DepthwiseOp, this_kernel_isa
         isa = this_kernel_isa()
         if isa is None:
             raise SettingError("backend", f"{self.name}: the depthwise operation needs a CPU with AVX2 and FMA")
-        self.depthwise = DepthwiseOp(isa, "block", self.model_path.parent / "convmixer_native")
-        from convmixer_suite.cpu_info import this_int8_class
-        if this_int8_class() == "avx2":
+        self.depthwise = DepthwiseOp(isa, self.compute, self.model_path.parent / "convmixer_native")
+        if cpu_info.this_int8_class() == "avx2":
             LOG.warning(f"{self.name} on CPU class avx2 (no VNNI): OpenVINO's int8 matrix products are slow there; "
                         f"measured 1.7x slower than --backend openvino (docs/depthwise-op.md)")
         super()._load()

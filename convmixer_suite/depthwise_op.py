@@ -101,6 +101,21 @@ def extension_path(cache_dir) -> Path:
     return target
 
 
+_CORES = {}  # extension file name (its key) -> the one Core of this process that loaded it
+
+
+def core_with_extension(extension: Path):
+    """The process's OpenVINO Core with this build of the extension, made on first use and kept: a Core that is
+    dropped unloads the library under the op types it registered, and a second copy of the same build loaded
+    from another folder registers them again; either crashed the process later (seen in the tests)."""
+    import openvino as ov
+    if extension.name not in _CORES:
+        core = ov.Core()
+        core.add_extension(str(extension))
+        _CORES[extension.name] = core
+    return _CORES[extension.name]
+
+
 @functools.lru_cache(maxsize=None)
 def node_class():
     """The Python side of the operation, for building graphs: same type and attributes as the C++ one, which
@@ -168,9 +183,9 @@ def convmixer_layers(onnx_path) -> dict:
     """The weights of an exported ConvMixer, in order: {stem: (w, b, scale, shift), blocks: [{dw, dw_bias,
     dw_bn, pw, pw_bias, pw_bn}], head: (w, b), batch: its input's batch size, None where dynamic}. Any other
     graph is refused in one line."""
-    import onnx
+    from convmixer_suite.precision import load_onnx
     path = Path(onnx_path)
-    graph = onnx.load(str(path)).graph
+    graph = load_onnx(path).graph
     values = onnx_values(graph)
     layers = [n for n in graph.node if n.op_type in ("Conv", "BatchNormalization", "Gemm")]
     kinds = [n.op_type for n in layers]
@@ -259,10 +274,7 @@ class DepthwiseOp:
         return {"isa": self.isa, "compute": self.compute, "extension": self.extension.name}
 
     def core(self):
-        import openvino as ov
-        core = ov.Core()
-        core.add_extension(str(self.extension))
-        return core
+        return core_with_extension(self.extension)
 
     def quantize(self, onnx_path, samples, target: Path, settings: dict) -> None:
         """The fp32 channels-last model of ``onnx_path``, read back with the extension, quantized by NNCF with

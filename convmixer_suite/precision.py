@@ -84,12 +84,24 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
     if target.is_file():
         LOG.info(f"int8: reusing {target} ({described})")
         return target
+    load_onnx(onnx_path, load_external_data=False)  # a damaged file: one line, not the quantizer's traceback
     LOG.info(f"int8: quantizing {onnx_path.name} for {backend_name} ({route}, {described}), calibrated on "
              f"{len(samples)} images of {folder} -> {target.name}")
     with contextlib.redirect_stdout(sys.stderr):  # the libraries' progress must not enter msame's log
         build(onnx_path, samples, target, settings)
     write_calibration_record(target, sample_names, params)
     return target
+
+
+def load_onnx(path, load_external_data=True):
+    """The ONNX model at ``path``, or one line naming the file where it does not parse as one."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    try:
+        return onnx.load(str(path), load_external_data=load_external_data)
+    except (DecodeError, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not a readable ONNX model ({reason})") from None
 
 
 def quantizer_settings(route: str, cpu_class: str) -> dict:

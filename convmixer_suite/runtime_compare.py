@@ -54,9 +54,8 @@ IREE_NHWC_FLAGS = ("--iree-opt-data-tiling=true", "--iree-llvmcpu-enable-ukernel
                    "iree-preprocessing-convert-conv-to-channels-last))")
 
 # name -> (kind, options). kinds: backend (convmixer_suite.backends), ov-variant (NNCF options / CPU
-# properties of our own / the half-blocks run by our own operation, convmixer_suite.depthwise_op, or replaced
-# by a copy to measure what is left), ncnn, iree, torch (depthwise alone only). A "dw:" name runs on the
-# depthwise-alone model.
+# properties of our own), dwop-copy (openvino-dwop with its half-blocks replaced by a copy: the cost of what is
+# left), ncnn, iree, torch (depthwise alone only). A "dw:" name runs on the depthwise-alone model.
 CONFIGS = {
     REFERENCE: ("backend", {"backend": "onnxruntime", "precision": "fp32"}),
     PRODUCTION: ("backend", {"backend": "openvino", "precision": "int8"}),
@@ -66,8 +65,8 @@ CONFIGS = {
     "openvino-int8-dw-bf16": ("ov-variant", {"ignore_depthwise": True, "hint": "bf16"}),
     "openvino-int8-mixed": ("ov-variant", {"preset": "MIXED"}),
     "openvino-int8-transformer": ("ov-variant", {"model_type": "TRANSFORMER"}),
-    "openvino-int8-dw-op": ("ov-variant", {"depthwise_op": "block"}),
-    "openvino-int8-dw-op-copy": ("ov-variant", {"depthwise_op": "copy"}),
+    "openvino-int8-dw-op": ("backend", {"backend": "openvino-dwop", "precision": "int8"}),
+    "openvino-int8-dw-op-copy": ("dwop-copy", {}),
     "ncnn-fp32": ("ncnn", {}),
     "iree-fp32": ("iree", {"flags": ()}),
     "iree-fp32-nhwc": ("iree", {"flags": IREE_NHWC_FLAGS}),
@@ -299,16 +298,14 @@ def importlib_version(distribution: str) -> str:
 
 class OpenVinoVariant:
     """openvino-int8 made with other NNCF options (depthwise convolutions left out of int8, another preset
-    or model type), compiled with other CPU plugin properties, or with its depthwise half-blocks run by our
-    own operation (``depthwise_op``: "block", or "copy" for the cost of everything else); the IR is cached
-    by the ONNX digest, the calibration folder and the options."""
+    or model type) or compiled with other CPU plugin properties; the IR is cached by the ONNX digest, the
+    calibration folder and the options."""
     name = "openvino"
     precision = "int8"
 
     def __init__(self, onnx_path: Path, work: Path, threads: int, calib_dir, num_calib: int, ignore_depthwise=False,
-                 hint="f32", preset=None, model_type=None, properties=None, depthwise_op=None):
+                 hint="f32", preset=None, model_type=None, properties=None):
         self.onnx_path, self.work, self.threads = Path(onnx_path), Path(work), threads
-        self.depthwise_op = depthwise_op
         self.calib_dir, self.num_calib = calib_dir, num_calib
         self.nncf_options = {"ignore_depthwise": ignore_depthwise, "preset": preset, "model_type": model_type}
         self.hint, self.properties = hint, dict(properties or {})
@@ -339,26 +336,9 @@ class OpenVinoVariant:
         self.core, self.ov_device, self.input_shape = ov.Core(), "CPU", (3, 224, 224)
         self.ov_config = {"INFERENCE_PRECISION_HINT": self.hint, "INFERENCE_NUM_THREADS": self.threads,
                           **self.properties}
-        if self.depthwise_op:
-            self.model = self.model_with_depthwise_op()
-        else:
-            self.model = self.core.read_model(str(self.quantized_ir()))
+        self.model = self.core.read_model(str(self.quantized_ir()))
         self.request = self.core.compile_model(self.model, self.ov_device, self.ov_config).create_infer_request()
         return self
-
-    def model_with_depthwise_op(self):
-        """The channels-last int8 model whose half-blocks run on our own operation (convmixer_suite.depthwise_op),
-        calibrated on the production model's images; read through a Core that has the extension."""
-        from convmixer_suite.depthwise_op import DepthwiseOp, this_kernel_isa
-        from convmixer_suite.precision import int8_model
-        isa = this_kernel_isa()
-        if isa is None:
-            raise UserError("the depthwise operation needs a CPU with AVX2 and FMA")
-        op = DepthwiseOp(isa, self.depthwise_op, self.work / "native")
-        self.core = op.core()
-        self.version = f"{self.version}, own depthwise op ({isa})"
-        return self.core.read_model(str(int8_model(self.onnx_path, "openvino", self.calib_dir, self.num_calib,
-                                                   depthwise_op=op)))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
@@ -409,6 +389,13 @@ def make_runner(name, models: dict, work: Path, threads: int, calib: dict, spec,
     if kind == "backend":
         return create_backend(options["backend"], onnx_path, threads=threads, precision=options["precision"],
                               calib_dir=calib[part], input_shape=input_shape)
+    if kind == "dwop-copy":
+        from convmixer_suite.backends import OpenVinoDepthwiseBackend
+
+        class DepthwiseCopy(OpenVinoDepthwiseBackend):
+            compute = "copy"
+        return DepthwiseCopy(onnx_path, threads=threads, precision="int8", calib_dir=calib[part],
+                             input_shape=input_shape).load()
     if kind == "ov-variant":
         return OpenVinoVariant(onnx_path, work, threads, calib[part], num_calib, **options).load()
     if kind == "ncnn":

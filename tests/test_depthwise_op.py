@@ -3,6 +3,7 @@
 half-block with each kernel, the channels-last model equal to the exported .onnx in fp32 and within the 2% limit
 in int8, and one-line refusals where no compiler is found or the model is not a ConvMixer."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -27,10 +28,7 @@ def extension(tmp_path_factory):
 
 
 def core_with(extension):
-    import openvino as ov
-    core = ov.Core()
-    core.add_extension(str(extension))
-    return core
+    return depthwise_op.core_with_extension(extension)
 
 
 def half_block_reference(x, taps, bias, scale, shift, pre):
@@ -203,3 +201,22 @@ def test_the_backend_warns_in_the_avx2_class(small_onnx, calib_dir, caplog, monk
     caplog.set_level("WARNING", logger="convmixer_suite.backends")
     backends.OpenVinoDepthwiseBackend(small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5).load()
     assert "openvino-dwop on CPU class avx2 (no VNNI)" in caplog.text
+
+
+@needs_compiler
+@pytest.mark.parametrize("model", ["damaged", "dim24"])
+def test_the_infer_script_refuses_a_model_it_cannot_rebuild_in_one_line(small_onnx, calib_dir, tmp_path, model):
+    from conftest import run_script
+    if model == "damaged":
+        path = tmp_path / "damaged.onnx"
+        path.write_bytes(small_onnx.read_bytes()[:5000])
+        expected = r"damaged.onnx: not a readable ONNX model \("
+    else:
+        path = export_small_onnx(seeded_model(dim=24), tmp_path / "dim24.onnx")
+        expected = r"needs a multiple of 16 channels, not 24$"
+    result = run_script("convmixer_infer.py", "--model", path, "--input", calib_dir, "--output", tmp_path / "out",
+                        "--backend", "openvino-dwop", "--precision", "int8", "--calib", calib_dir)
+    assert result.returncode == 2 and not (tmp_path / "out").exists()
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert re.search(expected, errors[0]), errors

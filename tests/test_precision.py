@@ -99,3 +99,12 @@ def test_openvino_bf16_runs_bf16_where_the_cpu_has_it(small_onnx, calib_dir):
     assert has_bf16 != np.allclose(got, reference, rtol=0, atol=1e-6)  # bf16 rounding shows, fp32 does not
     assert (got.argmax(1) == reference.argmax(1)).mean() >= 6 / 7
     assert np.abs(got - reference).max() / np.abs(reference).max() < 0.02
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_a_damaged_onnx_is_one_line_before_quantizing(small_onnx, calib_dir, tmp_path, backend_name):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(small_onnx.read_bytes()[:5000])
+    with pytest.raises(UserError, match=r"damaged.onnx: not a readable ONNX model \("):
+        precision.int8_model(damaged, backend_name, calib_dir)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("damaged")) == ["damaged.onnx"]

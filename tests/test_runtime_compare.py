@@ -126,17 +126,23 @@ def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_on
 
 @needs("openvino", "nncf")
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
-def test_openvino_variant_runs_the_half_blocks_on_our_own_operation(small_onnx, tmp_path):
+def test_the_depthwise_op_configurations_run_the_backend_and_its_copy(small_onnx, tmp_path):
+    """openvino-int8-dw-op is the openvino-dwop backend; -copy the same model with a copy in each half-block."""
     from convmixer_suite.depthwise_op import OP_TYPE
     calib = tmp_path / "calib"
     calib.mkdir()
     rng = np.random.default_rng(4)
-    for i in range(2):
+    for i in range(4):
         rng.standard_normal((1, 3, 224, 224)).astype(np.float32).tofile(calib / f"input_{i:05d}.bin")
-    variant = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, depthwise_op="block").load()
-    assert [op.get_type_name() for op in variant.model.get_ops()].count(OP_TYPE) == 2
-    assert "own depthwise op" in variant.version
-    assert variant.predict(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)).shape == (1, 1000)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    logits = {}
+    for name, compute in (("openvino-int8-dw-op", "block"), ("openvino-int8-dw-op-copy", "copy")):
+        runner = rc.make_runner(name, {"model": small_onnx}, tmp_path, 1, {"model": calib}, None, 2)
+        ops = [op for op in runner.model.get_ops() if op.get_type_name() == OP_TYPE]
+        assert len(ops) == 2 and all(op.get_attributes()["compute"] == compute for op in ops)
+        assert runner.name == "openvino-dwop" and "own depthwise op" in runner.version
+        logits[compute] = runner.predict(x)
+    assert logits["block"].shape == (1, 1000) and not np.allclose(logits["block"], logits["copy"])
 
 
 @pytest.mark.parametrize("argv, message", [
