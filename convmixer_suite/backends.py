@@ -390,7 +390,8 @@ class TorchBackend(Backend):
         return self.model(x).float()
 
     def predict(self, batch):
-        with self.torch.inference_mode():
+        # inference_mode from torch 1.9 on; no_grad on the guide's torch 1.5
+        with getattr(self.torch, "inference_mode", self.torch.no_grad)():
             logits = self.run_model(self.torch.from_numpy(check_batch(batch)).to(self.torch_device))
             return logits.cpu().numpy()
 

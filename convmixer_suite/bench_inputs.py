@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_net import ARCHS, ArchSpec
+from convmixer_suite.model.net import ARCHS, ArchSpec
 from convmixer_suite.benchmark_configs import CONFIGS, REFERENCE
 from convmixer_suite.cli import UserError, atomic_path
 

@@ -10,12 +10,14 @@ containers (plus ``argparse.Namespace``, allowed explicitly). Unpickling arbitra
 file, so it happens only when the caller passes ``allow_pickle=True`` (the scripts' ``--allow-pickle``).
 """
 import argparse
+import inspect
 import re
 from pathlib import Path
 
 import torch
 
-import convmixer_net
+from convmixer_suite.model import net as convmixer_net
+from convmixer_suite import safe_pickle
 from convmixer_suite.cli import UserError
 
 # Wrapper keys, in order of preference: the trained weights before their EMA copy (timm's validate.py
@@ -64,9 +66,10 @@ def load_model(path, arch=None, allow_pickle=False):
     """
     state_dict = load_state_dict(path, allow_pickle)
     spec = _chosen_spec(state_dict, arch)
-    model = _build_on_meta(spec, _n_classes(state_dict, spec))
+    model = _build_for_loading(spec, _n_classes(state_dict, spec))
     _check_fits(model, state_dict, spec, path)
-    model.load_state_dict(_as_model_dtypes(model, state_dict), strict=True, assign=True)
+    assign = {"assign": True} if _LOADS_BY_ASSIGNMENT else {}
+    model.load_state_dict(_as_model_dtypes(model, state_dict), strict=True, **assign)
     return model.eval(), spec
 
 
@@ -118,21 +121,39 @@ def _read_safetensors(path: Path) -> dict:
 def _read_pickled(path: Path, allow_pickle: bool):
     try:
         if allow_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", **_full_unpickling())
+        if hasattr(torch.serialization, "safe_globals"):
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        # torch before 2.5 (the guide's 1.5 has no weights_only at all): our own restricted unpickler
+        return torch.load(path, map_location="cpu", pickle_module=safe_pickle)
     except Exception as exc:  # torch.load raises many types (OSError too) for damaged files; name the cause
         raise UserError(_pickle_error_message(path, exc)) from None
+
+
+def _full_unpickling() -> dict:
+    """torch.load's arguments for unrestricted unpickling: ``weights_only=False`` where the argument exists
+    (its default became True in torch 2.6), nothing on the releases that always unpickle fully."""
+    return {"weights_only": False} if "weights_only" in inspect.signature(torch.load).parameters else {}
 
 
 def _pickle_error_message(path: Path, exc: Exception) -> str:
     text = str(exc)
     unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if unsafe:
-        return (f"{path}: the checkpoint's pickle calls {unsafe.group(1)}, which the safe loader "
-                f"(torch.load weights_only=True) refuses; if you trust the file, rerun with --allow-pickle "
-                f"(this executes code from the file)")
+        return (f"{path}: the checkpoint's pickle calls {unsafe.group(1)}, which the safe loader refuses "
+                f"(it admits tensors and plain containers only); if you trust the file, rerun with "
+                f"--allow-pickle (this executes code from the file)")
+    if _is_zip(path) and not hasattr(torch.serialization, "_open_zipfile_reader"):
+        return (f"{path}: the checkpoint is in the zip format of torch 1.6 and later, which torch "
+                f"{torch.__version__} cannot read; load it with a newer torch, or re-save it there with "
+                f"torch.save(..., _use_new_zipfile_serialization=False)")
     return f"{path}: the checkpoint is truncated or corrupt ({_first_sentence(exc)})"
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
 
 
 def _first_sentence(exc: Exception) -> str:
@@ -184,7 +205,7 @@ def to_locuslab_keys(state_dict: dict) -> dict:
     """
     if not any(k.startswith(("stem.", "blocks.", "head.")) for k in state_dict):
         return state_dict
-    depth = len({m.group(1) for k in state_dict if (m := _TIMM_BLOCK.match(k))})
+    depth = len({m.group(1) for m in map(_TIMM_BLOCK.match, state_dict) if m})
     renamed = {}
     for key, value in state_dict.items():
         renamed[_locuslab_key(key, depth)] = value
@@ -192,7 +213,8 @@ def to_locuslab_keys(state_dict: dict) -> dict:
 
 
 def _locuslab_key(key: str, depth: int) -> str:
-    if m := _TIMM_BLOCK.match(key):
+    m = _TIMM_BLOCK.match(key)
+    if m:
         return f"{3 + int(m.group(1))}.{key[m.end():]}"
     for timm_prefix, index in (("stem.0.", 0), ("stem.2.", 2), ("head.", 3 + depth + 2)):
         if key.startswith(timm_prefix):
@@ -207,7 +229,7 @@ _BLOCK_DW = re.compile(r"^(\d+)\.0\.fn\.0\.weight$")
 
 def _infer_spec(state_dict):
     stem = state_dict.get("0.weight")
-    blocks = sorted(int(m.group(1)) for k in state_dict if (m := _BLOCK_DW.match(k)))
+    blocks = sorted(int(m.group(1)) for m in map(_BLOCK_DW.match, state_dict) if m)
     if stem is None or stem.dim() != 4 or not blocks or blocks != list(range(3, 3 + len(blocks))):
         return None
     dim, depth, patch = stem.shape[0], len(blocks), stem.shape[-1]
@@ -236,10 +258,17 @@ def _n_classes(state_dict, spec) -> int:
     return head.shape[0] if head is not None and head.dim() == 2 else 1000
 
 
-def _build_on_meta(spec, n_classes):
-    """Build without allocating or initialising weights: the checkpoint's tensors are assigned later."""
-    with torch.device("meta"):
-        return spec.build(n_classes)
+def _build_for_loading(spec, n_classes):
+    """Build the model its checkpoint will fill: on the meta device where torch has one as a context (2.0
+    and later), so no weights are allocated or initialised only to be replaced."""
+    if _LOADS_BY_ASSIGNMENT:
+        with torch.device("meta"):
+            return spec.build(n_classes)
+    return spec.build(n_classes)
+
+
+# load_state_dict(assign=True), torch 2.1 and later, puts the checkpoint's tensors in place of meta ones.
+_LOADS_BY_ASSIGNMENT = "assign" in inspect.signature(torch.nn.Module.load_state_dict).parameters
 
 
 def _check_fits(model, state_dict, spec, path):

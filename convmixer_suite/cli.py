@@ -32,9 +32,19 @@ class SettingError(UserError):
         return f"--{self.setting.replace('_', '-')} {self.text}"
 
 
-def run_main(main, argv=None) -> None:
+# The Python the modern stack (OpenVINO and NNCF, Ray, LoadGen, the benchmark, the GPU precisions) needs. The
+# guide's scripts run on older ones too, down to the guide's Python 3.7 (README, "Older Pythons").
+MODERN_PYTHON = (3, 10)
+
+
+def run_main(main, argv=None, modern_stack=False) -> None:
     """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError (a
-    SettingError worded with its flag), 130 on Ctrl-C."""
+    SettingError worded with its flag), 130 on Ctrl-C. ``modern_stack``: the script needs ``MODERN_PYTHON``,
+    and says so in one line (exit 2) on an older one."""
+    if modern_stack and sys.version_info < MODERN_PYTHON:
+        print_error(f"needs Python {'.'.join(map(str, MODERN_PYTHON))} or later (this is Python "
+                    f"{sys.version.split()[0]}); the guide's scripts run on older Pythons")
+        sys.exit(2)
     try:
         status = main(argv)
     except UserError as exc:

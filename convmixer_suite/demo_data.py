@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convmixer_net import DEFAULT_ARCH, build_model
+from convmixer_suite.model.net import DEFAULT_ARCH, build_model
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic
 
 LABEL_RULE = "image i has class (i * 997) % 1000"

@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import convmixer_net
+from convmixer_suite.model import net as convmixer_net
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic
 
 LOG = logging.getLogger("convmixer_suite.download")  # by name: run with -m, __name__ is "__main__"
@@ -96,7 +96,7 @@ def _fetch(url: str, target: Path, timeout_s: float) -> tuple:
         expected = int(expected) if expected and expected.isdigit() else None
         with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=Path(url).name,
                   file=sys.stderr, leave=False) as bar:
-            while chunk := response.read(CHUNK_BYTES):
+            for chunk in iter(lambda: response.read(CHUNK_BYTES), b""):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)

@@ -112,7 +112,7 @@ def random_checkpoint(path: Path, calibration: np.ndarray, seed: int) -> Path:
     """Seeded random ConvMixer-1536/20 weights whose BatchNorm statistics are those of ``calibration`` images."""
     import torch
 
-    from convmixer_net import build_model
+    from convmixer_suite.model.net import build_model
     from convmixer_suite.cli import atomic_path
     torch.manual_seed(seed)
     model = build_model()
@@ -443,4 +443,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, modern_stack=True)

@@ -12,7 +12,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-import convmixer_net
+from convmixer_suite.model import net as convmixer_net
 from convmixer_suite.cli import positive_int, run_main
 from convmixer_suite.manifest import read_manifest
 

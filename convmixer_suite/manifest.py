@@ -67,7 +67,8 @@ class Manifest:
         skipped = self.skipped_names()
         for j, name in enumerate(self.images):
             if name not in skipped:
-                yield *divmod(j, self.batch_size), name
+                batch, row = divmod(j, self.batch_size)
+                yield batch, row, name
 
     def layout(self) -> dict:
         """What decides the content of each batch file; two runs with the same layout write the same files."""

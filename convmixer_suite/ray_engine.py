@@ -29,7 +29,6 @@ Fault tolerance is Ray's: Ray Data restarts a replica whose process or node dies
 its batch (``max_task_retries``), and runs again the decode tasks whose output was lost with a node.
 """
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -111,8 +110,7 @@ def runtime_env(address) -> dict:
     if address is None:
         return {}
     env_vars = {name: os.environ[name] for name in (FAULT_ENV, HANG_ENV) if os.environ.get(name)}
-    net = importlib.util.find_spec("convmixer_net").origin  # its path: importing it would import torch here
-    return {"py_modules": [convmixer_suite, net], "env_vars": env_vars}
+    return {"py_modules": [convmixer_suite], "env_vars": env_vars}
 
 
 def connect(ray, address) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_net import ARCHS, DEFAULT_ARCH
+from convmixer_suite.model.net import ARCHS, DEFAULT_ARCH
 from convmixer_suite.cli import UserError, atomic_path, output_folder, positive_int, run_main, write_text_atomic
 from convmixer_suite.fidelity import compare_logits
 from convmixer_suite.profiling import profile_backend, profile_markdown
@@ -651,4 +651,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(main, modern_stack=True)

@@ -20,8 +20,10 @@ from convmixer_suite.data_config import DATA_CONFIG, DataConfig
 
 # torchvision's IMG_EXTENSIONS: what ImageFolder counts as an image.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-               "nearest": Image.Resampling.NEAREST}
+# Pillow 9.1 moved the filters into Image.Resampling (and Pillow 10 dropped the old names); the guide's
+# Pillow 9.0.1 has only the module-level constants. Both spell the same integers.
+_RESAMPLING = getattr(Image, "Resampling", Image)
+PIL_FILTERS = {"bicubic": _RESAMPLING.BICUBIC, "bilinear": _RESAMPLING.BILINEAR, "nearest": _RESAMPLING.NEAREST}
 # The image number of an ImageNet file name (ILSVRC2012_val_00000001.JPEG, ILSVRC2012_test_00000001.JPEG).
 IMAGENET_NUMBER_RE = re.compile(r"(?:^|/)ILSVRC\d{4}_[a-z]+_(\d{8})\.[^/.]+$")
 # What a damaged or non-image file raises while Pillow opens or decodes it.

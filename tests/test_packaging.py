@@ -52,7 +52,8 @@ def test_the_class_table_is_package_data():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "imagenet_classes.tsv" in config["package-data"]["convmixer_suite"]
     assert (REPO / "convmixer_suite" / "imagenet_classes.tsv").is_file()
-    assert config["py-modules"] == ["convmixer_net"] and config["packages"] == ["convmixer_suite"]
+    assert config["py-modules"] == ["convmixer_net"]
+    assert config["packages"]["find"]["include"] == ["convmixer_suite", "convmixer_suite.*"]
 
 
 def test_the_native_sources_are_package_data():

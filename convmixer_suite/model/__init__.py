@@ -1,0 +1,1 @@
+"""The model: ConvMixer's architecture and its released variants (``net``)."""
