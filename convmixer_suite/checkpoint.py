@@ -6,7 +6,8 @@ and ``_orig_mod.`` (torch.compile) prefixes; locuslab's ``nn.Sequential`` keys o
 ``blocks.N.`` / ``head.`` keys; ``.pth`` / ``.pth.tar`` (torch.save) and ``.safetensors`` files.
 
 Pickled checkpoints are read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain
-containers (plus ``argparse.Namespace``, allowed explicitly). Unpickling arbitrary objects runs code from the
+containers (plus ``argparse.Namespace``, allowed explicitly); a torch without it (before 2.5 here, the guide's
+1.5 among them) reads them through ``safe_pickle``'s restricted unpickler, which admits the same. Unpickling arbitrary objects runs code from the
 file, so it happens only when the caller passes ``allow_pickle=True`` (the scripts' ``--allow-pickle``).
 """
 import argparse
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from convmixer_suite.model import net as convmixer_net
 from convmixer_suite import safe_pickle
-from convmixer_suite.cli import UserError
+from convmixer_suite.model import net as convmixer_net
+from convmixer_suite.cli import UserError, import_library
 
 # Wrapper keys, in order of preference: the trained weights before their EMA copy (timm's validate.py
 # evaluates ``state_dict`` unless asked for the EMA).
@@ -110,6 +111,7 @@ def _looks_like(head: bytes) -> str:
 
 
 def _read_safetensors(path: Path) -> dict:
+    import_library("safetensors", f"{path}: reading a .safetensors checkpoint", "pip install safetensors")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     try:
@@ -144,16 +146,7 @@ def _pickle_error_message(path: Path, exc: Exception) -> str:
         return (f"{path}: the checkpoint's pickle calls {unsafe.group(1)}, which the safe loader refuses "
                 f"(it admits tensors and plain containers only); if you trust the file, rerun with "
                 f"--allow-pickle (this executes code from the file)")
-    if _is_zip(path) and not hasattr(torch.serialization, "_open_zipfile_reader"):
-        return (f"{path}: the checkpoint is in the zip format of torch 1.6 and later, which torch "
-                f"{torch.__version__} cannot read; load it with a newer torch, or re-save it there with "
-                f"torch.save(..., _use_new_zipfile_serialization=False)")
     return f"{path}: the checkpoint is truncated or corrupt ({_first_sentence(exc)})"
-
-
-def _is_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
 
 
 def _first_sentence(exc: Exception) -> str:

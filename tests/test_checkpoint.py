@@ -1,6 +1,7 @@
 """convmixer_suite.checkpoint: every published layout loads to the same model; bad files get one clear error."""
 import argparse
 import fractions
+import functools
 
 import pytest
 import torch
@@ -259,3 +260,56 @@ def test_bad_files_get_one_line_naming_the_file(tmp_path, small_model, case):
         checkpoint.load_state_dict(path)
     msg = str(err.value)
     assert expected in msg and str(path) in msg and "\n" not in msg
+
+
+# ---- torch without weights_only (the guide's 1.5): the restricted unpickler ---------------------------------
+
+@pytest.fixture
+def torch_without_safe_globals(monkeypatch):
+    """The loader as on a torch that has no ``safe_globals`` (before 2.5): it takes safe_pickle's branch. Every
+    torch.load call's keyword arguments are recorded."""
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    calls, real_load = [], torch.load
+    recording = functools.wraps(real_load)(lambda *a, **kw: calls.append(kw) or real_load(*a, **kw))
+    monkeypatch.setattr(torch, "load", recording)  # wraps: the same signature, which the loader reads
+    return calls
+
+
+@pytest.mark.parametrize("zip_format", [False, True], ids=["legacy-format", "zip-format"])
+@pytest.mark.parametrize("layout", ["raw", "state_dict", "timm_wrapped_module_prefix"])
+def test_restricted_unpickler_loads_every_layout(tmp_path, small_model, torch_without_safe_globals, layout,
+                                                 zip_format):
+    path = tmp_path / "ckpt.pth.tar"
+    torch.save(LAYOUTS[layout](small_model.state_dict()), path, _use_new_zipfile_serialization=zip_format)
+    loaded = checkpoint.load_state_dict(path)
+    assert loaded.keys() == small_model.state_dict().keys()
+    assert all(torch.equal(loaded[k], v) for k, v in small_model.state_dict().items())
+    assert [kw.get("pickle_module") for kw in torch_without_safe_globals] == [checkpoint.safe_pickle]
+
+
+@pytest.mark.parametrize("zip_format", [False, True], ids=["legacy-format", "zip-format"])
+def test_restricted_unpickler_refuses_a_malicious_global_and_runs_nothing(tmp_path, small_model,
+                                                                         torch_without_safe_globals, zip_format):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": small_model.state_dict(), "x": WritesAFileWhenUnpickled(marker)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(UserError, match=r"evil\.pth: the checkpoint's pickle calls io\.open, .*--allow-pickle"):
+        checkpoint.load_state_dict(path)
+    assert not marker.exists()
+    assert checkpoint.load_state_dict(path, allow_pickle=True).keys() == small_model.state_dict().keys()
+    assert marker.exists()
+
+
+def test_restricted_unpickler_names_any_other_global(tmp_path, small_model, torch_without_safe_globals):
+    path = tmp_path / "frac.pth.tar"
+    torch.save({"state_dict": small_model.state_dict(), "ratio": fractions.Fraction(1, 3)}, path,
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(UserError, match=r"pickle calls fractions\.Fraction, which the safe loader refuses"):
+        checkpoint.load_state_dict(path)
+
+
+def test_full_unpickling_asks_for_it_only_where_torch_has_the_argument(monkeypatch):
+    assert checkpoint._full_unpickling() == {"weights_only": False}
+    monkeypatch.setattr(torch, "load", lambda f, map_location=None, pickle_module=None, **pickle_load_args: None)
+    assert checkpoint._full_unpickling() == {}
