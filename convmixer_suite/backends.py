@@ -517,6 +517,7 @@ class ToolBackend(Backend):
 
 class MsameBackend(ToolBackend):
     name = "msame"
+    reads_dot_files = False  # msame's folder scan passes over names that start with a dot (docs/formats.md)
     install_hint = ("msame is not installed (not on PATH); it is built from github.com/Ascend/tools "
                     "(msame) on a machine with the Ascend CANN toolkit and an NPU. Without an NPU use "
                     "--backend onnxruntime with the .onnx model")
@@ -539,6 +540,7 @@ class MsameBackend(ToolBackend):
 class AisBenchBackend(ToolBackend):
     """ais_bench, msame's successor, run as ``python3 -m ais_bench`` (the inference tool's module)."""
     name = "ais_bench"
+    reads_dot_files = True  # no documented exception: the manifest of a preprocessed folder would be an input
     install_hint = ("ais_bench is not installed: install its aclruntime and ais_bench wheels from "
                     "github.com/Ascend/tools (ais-bench_workload/tool/ais_bench) on a machine with the "
                     "Ascend CANN toolkit and an NPU. Without an NPU use --backend onnxruntime")

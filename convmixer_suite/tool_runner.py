@@ -22,7 +22,8 @@ def run_tool(backend: ToolBackend, todo, run: RunFolder, *, input_spec: str, who
     with tempfile.TemporaryDirectory(dir=run.scratch, prefix=f"{backend.name}_") as tmp:
         tmp = Path(tmp)
         extra = {"output_dirname": "run"} if backend.name == "ais_bench" else {}
-        argv = backend.command(tool_input(todo, input_spec, whole_folder, tmp), tmp / "out", outfmt, loop, **extra)
+        given = tool_input(todo, input_spec, whole_folder, tmp, backend.reads_dot_files)
+        argv = backend.command(given, tmp / "out", outfmt, loop, **extra)
         log(f"[INFO] running: {' '.join(argv)}")
         tool_log = echo_tool_log(argv, log)
         produced = {tool_output_stem(p, backend.name): p for p in (tmp / "out").glob("*/*")
@@ -37,12 +38,14 @@ def run_tool(backend: ToolBackend, todo, run: RunFolder, *, input_spec: str, who
         return latencies
 
 
-def tool_input(todo, input_spec, whole_folder: bool, tmp: Path) -> str:
+def tool_input(todo, input_spec, whole_folder: bool, tmp: Path, reads_dot_files: bool) -> str:
     """What to hand the tool: the user's folder when every file in it is a batch to run, else a folder
-    of links to the batches to run. msame takes every file of a folder whose name does not start with a
-    dot as an input, so finished files or anything else there must not be in it; a comma list of
-    thousands of paths would overflow the command line."""
-    visible = {p for p in Path(input_spec).iterdir() if not p.name.startswith(".")} if whole_folder else None
+    of links to the batches to run. The tool takes every file of a folder as an input (msame: every name
+    that does not start with a dot), so finished files or anything else there, the preprocessing's
+    .manifest.json for ais_bench, must not be in it; a comma list of thousands of paths would overflow the
+    command line."""
+    visible = ({p for p in Path(input_spec).iterdir() if reads_dot_files or not p.name.startswith(".")}
+               if whole_folder else None)
     if whole_folder and visible == set(todo):
         return input_spec
     if len(todo) == 1:

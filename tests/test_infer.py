@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import export_small_onnx, fake_om, run_script
+from conftest import FAKE_AIS_BENCH, export_small_onnx, fake_om, run_script
 
 TIMESTAMP_RE = re.compile(r"^\d{8}_\d{6}$")
 
@@ -202,33 +202,13 @@ def test_msame_backend_runs_the_real_tool_and_keeps_msame_layout(small_model, sm
     assert summary["backend"]["name"] == "msame" and summary["latency_ms"]["count"] == 3
 
 
-FAKE_AIS_BENCH = r'''"""A stand-in for ``python3 -m ais_bench`` (the Ascend inference tool): checks its flags, runs the .onnx
-whose path the .om holds, and writes ais_bench's layout: <output>/<output_dirname>/<name>_0.txt and
-<output>/<output_dirname>_summary.json."""
-import json, sys
-from pathlib import Path
-import numpy as np
-import onnxruntime as ort
-
-opts = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-known = {"--model", "--input", "--output", "--output_dirname", "--outfmt", "--loop", "--device", "--batchsize"}
-if len(sys.argv[1:]) % 2 or set(opts) - known or opts.get("--outfmt") not in ("NPY", "BIN", "TXT"):
-    sys.exit(f"bad arguments {sys.argv[1:]}")
-session = ort.InferenceSession(Path(opts["--model"]).read_text().strip(), providers=["CPUExecutionProvider"])
-source = Path(opts["--input"])
-out = Path(opts["--output"]) / opts["--output_dirname"]
-out.mkdir(parents=True)
-for path in sorted(source.iterdir()):
-    logits = session.run(None, {"image": np.fromfile(path, np.float32).reshape(-1, 3, 224, 224)})[0]
-    (out / f"{path.stem}_0.txt").write_text("".join(" ".join(f"{v:g}" for v in row) + "\n" for row in logits))
-summary = {"NPU_compute_time": {"min": 1.0, "max": 3.0, "mean": 2.5, "median": 2.0, "percentile(99%)": 3.0,
-                                "count": 3}, "throughput": 800.0}
-Path(f"{out}_summary.json").write_text(json.dumps(summary))
-print("[INFO] throughput 1000*batchsize.mean(2)/NPU_compute_time.mean(2.5): 800.0")
-'''
-
-
-def test_ais_bench_backend_output_is_renamed_to_msame_layout(small_model, small_onnx, bin_folder, tmp_path):
+@pytest.mark.parametrize("dot_file", [False, True], ids=["batches-only", "with-manifest"])
+def test_ais_bench_backend_output_is_renamed_to_msame_layout(small_model, small_onnx, bin_folder, tmp_path,
+                                                             dot_file):
+    """ais_bench reads every file of an input folder: a preprocessed folder's .manifest.json must not reach it
+    (the stand-in fails on a file that is not whole images)."""
+    if dot_file:
+        (bin_folder / ".manifest.json").write_text('{"batch_size": 2}')
     package = tmp_path / "fake_site" / "ais_bench"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
