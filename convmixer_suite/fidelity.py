@@ -11,6 +11,7 @@ CPU class; the limit is applied again on every run.
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +37,18 @@ class Fidelity:
     top1_agree_images: int
     images: int
     image_source: str
+    non_finite_logits: int = 0  # NaN or infinite values among both models' logits (records of before: none counted)
+
+    def failure(self, limit: float) -> "str | None":
+        """Why these figures fail ``limit``, or None when they pass. A figure that is not a number never passes."""
+        if self.non_finite_logits:
+            return (f"{self.non_finite_logits} logits are not finite (NaN or infinite) on {self.images} held-out "
+                    f"images")
+        if not math.isfinite(self.max_logit_error):
+            return f"max |diff| / max |logit| is {self.max_logit_error}"
+        if self.max_logit_error > limit:
+            return f"max |diff| / max |logit| {self.max_logit_error:.4f} is above the limit {limit:g}"
+        return None
 
     def line(self, limit: float) -> str:
         """One line; no "ms" in it (test/parse.py reads a log's last "…ms")."""
@@ -45,11 +58,15 @@ class Fidelity:
                 f"{self.images}")
 
     def as_dict(self, limit: float) -> dict:
-        return {**asdict(self), "limit_max_logit_error": limit, "passed": self.max_logit_error <= limit}
+        failure = self.failure(limit)
+        return {**asdict(self), "limit_max_logit_error": limit, "passed": failure is None, "failed_because": failure}
 
 
 def compare_logits(reduced: np.ndarray, reference: np.ndarray) -> tuple:
-    """(max |diff| / max |reference logit|, number of images whose top-1 agrees)."""
+    """(max |diff| / max |reference logit|, number of images whose top-1 agrees); the error is NaN when either
+    side holds a value that is not finite, which no limit passes."""
+    if not (np.isfinite(reduced).all() and np.isfinite(reference).all()):
+        return float("nan"), int((reduced.argmax(1) == reference.argmax(1)).sum())
     max_logit = float(np.abs(reference).max())
     error = float(np.abs(reduced - reference).max()) / max_logit if max_logit else float("inf")
     return error, int((reduced.argmax(1) == reference.argmax(1)).sum())
@@ -70,6 +87,9 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
         figures = measure(backend, samples, image_source)
         write_text_atomic(record_path, json.dumps(asdict(figures), indent=1) + "\n")
     announce(figures.line(limit))
+    if figures.non_finite_logits or not math.isfinite(figures.max_logit_error):
+        raise UserError(f"{backend.precision} on {backend.name} (CPU class {figures.cpu_class}) against fp32: "
+                        f"{figures.failure(limit)}; nothing written. Try {alternatives(backend)}")
     if figures.max_logit_error > limit:
         raise UserError(f"{backend.precision} on {backend.name} (CPU class {figures.cpu_class}) is "
                         f"{figures.max_logit_error:.4f} max |diff| / max |logit| from fp32 on {figures.images} "
@@ -83,9 +103,11 @@ def measure(backend, samples: np.ndarray, image_source: str) -> Fidelity:
     reference = BACKENDS[getattr(backend, "runtime", backend.name)](backend.model_path, threads=backend.threads, device=backend.device,
                                           input_shape=backend.input_shape).load()
     LOG.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
-    error, agree = compare_logits(predict_all(backend, samples), predict_all(reference, samples))
+    reduced, expected = predict_all(backend, samples), predict_all(reference, samples)
+    error, agree = compare_logits(reduced, expected)
+    non_finite = int(np.count_nonzero(~np.isfinite(reduced)) + np.count_nonzero(~np.isfinite(expected)))
     return Fidelity(backend.precision, backend.name, backend.device or "cpu", this_int8_class(), error,
-                    agree / len(samples), agree, len(samples), image_source)
+                    agree / len(samples), agree, len(samples), image_source, non_finite)
 
 
 def predict_all(backend, samples: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.records import RecordStore, batch_records, check_identity, image_set_identity, records_folder
 from convmixer_suite.run_config import RunConfig
-from convmixer_suite.scoring import TopKAccuracy, top_k
+from convmixer_suite.scoring import TopKAccuracy, non_finite_message, non_finite_rows, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
 
@@ -219,6 +219,17 @@ class BatchResult:
     decode_s: float = 0.0
     waited_s: float = 0.0
     replica: str = "local"
+    non_finite: dict = field(default_factory=dict)  # row -> how many of its logits are NaN or infinite
+
+    def refuse_non_finite(self, names, batch_size) -> None:
+        """Stop the run, recording nothing of this batch, when any of its images' logits is not finite."""
+        if self.non_finite:
+            row = min(self.non_finite)
+            raise UserError(non_finite_message(
+                f"{names[self.k * batch_size + row]} (batch {self.k})", self.non_finite,
+                len(self.classes) * self.num_classes,
+                "nothing recorded for this batch and no JSON written; the batches before it are recorded, so the "
+                "same command with a fixed model resumes from it"))
 
 
 def local_results(stream: BatchStream, backend, num_images: int, topk=5):
@@ -235,9 +246,10 @@ def local_results(stream: BatchStream, backend, num_images: int, topk=5):
 
     for logits, latency_ms in backend.predict_each(batches()):
         k, _, bad, decode_s, waited = inflight.popleft()
-        classes, scores = top_k(logits[:images_in_batch(k, bs, num_images)], topk, source=f"batch {k}")
+        real = logits[:images_in_batch(k, bs, num_images)]
+        classes, scores = top_k(real, topk, source=f"batch {k}")
         yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
-                          decode_s, waited)
+                          decode_s, waited, non_finite=non_finite_rows(real))
 
 
 def record_results(results, store, names, image_labels, batch_size, topk=5, skip_bad=True, log=print,
@@ -255,6 +267,7 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
     started = time.perf_counter()
     try:
         for r in results:
+            r.refuse_non_finite(names, batch_size)
             times.decode_s += r.decode_s
             times.wait_s += r.waited_s
             times.inference_ms.append(r.latency_ms)

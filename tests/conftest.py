@@ -283,6 +283,37 @@ def export_small_onnx(model, path, batch_size=None):
     return Path(path)
 
 
+DARK = -1.5  # a black photo normalises to about -2.1 in the first channel; the generated photos to about 0
+
+
+class NanWhenDark(torch.nn.Module):
+    """A model whose logits are NaN for an image whose first channel averages below DARK, and the small model's
+    otherwise: a model that goes non-finite on some inputs only, as an fp16 overflow does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        dark = x[:, 0].mean(dim=(1, 2)) < DARK
+        return torch.where(dark[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+@pytest.fixture
+def nan_onnx(tmp_path):
+    """NanWhenDark around the small model, exported as the ModelZoo export writes it (dynamic batch axis)."""
+    return export_small_onnx(NanWhenDark(seeded_model()).eval(), tmp_path / "nan_when_dark.onnx")
+
+
+def write_dark_photo(path):
+    """A black JPEG: NanWhenDark's logits for it are NaN."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (256, 256)).save(path, format="JPEG")
+    return path
+
+
 @pytest.fixture(scope="session")
 def session_small_onnx(tmp_path_factory):
     return export_small_onnx(seeded_model(), tmp_path_factory.mktemp("small_onnx") / "small.onnx")

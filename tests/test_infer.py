@@ -255,3 +255,22 @@ def test_resume_refuses_outputs_without_a_run_record(small_onnx, bin_folder, tmp
     (tmp_path / "out.runs" / f"{folder.name}_latency_ms.tsv").unlink()
     again = infer(small_onnx, bin_folder, output, "--resume", "latest")
     assert again.returncode == 2 and "holds outputs but no run record" in again.stderr
+
+
+def test_logits_that_are_not_finite_stop_the_run_at_their_file_keeping_the_files_before(nan_onnx, bin_folder,
+                                                                                           tmp_path):
+    """A model that gives NaN for the dark images of input_00001.bin: one line naming the file and the count, no
+    output for it or after it, no summary; the outputs before it stay."""
+    batch = np.fromfile(bin_folder / "input_00001.bin", dtype=np.float32).reshape(2, 3, 224, 224)
+    batch[1] = -2.1
+    batch.tofile(bin_folder / "input_00001.bin")
+    output = tmp_path / "out"
+    result = infer(nan_onnx, bin_folder, output, "--backend", "onnxruntime")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"convmixer_infer.py: error: {bin_folder / 'input_00001.bin'}: 1000 of 2000 output values are not finite "
+        f"(NaN or infinite), in 1 image(s); nothing written for it, and no summary; the outputs of the files before "
+        f"it are kept (--resume latest goes on from it)"]
+    assert [p.name for p in run_folder(output).iterdir()] == ["input_00000_output_0.txt"]
+    assert not list((tmp_path / "out.runs").glob("*_summary.json"))

@@ -4,8 +4,9 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_script, write_photo
+from conftest import run_script, write_dark_photo, write_photo
 from convmixer_suite.backends import create_backend
+from convmixer_suite.records import read_records, records_folder
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
 
 BS = 3  # seven photos: the last batch has two padding rows
@@ -92,3 +93,29 @@ def test_missing_inputs_get_one_line_naming_them(tmp_path, small_onnx, photo_fol
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr)
     assert not (tmp_path / "result" / f"result_bs{BS}.json").exists()
+
+
+def stops_at_the_dark_photo(result, out, records):
+    """What a stream run of nan_onnx must do with a black 5th photo (batch 1 at batch size 3): one line naming the
+    photo and the count, no JSON, batch 0 recorded and batch 1 not."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "convmixer_stream_eval.py: error: ILSVRC2012_val_00000005.JPEG (batch 1): 1000 of 3000 output values are not "
+        "finite (NaN or infinite), in 1 image(s); nothing recorded for this batch and no JSON written; the batches "
+        "before it are recorded, so the same command with a fixed model resumes from it")
+    assert not list(out.glob("*.json"))
+    recorded = sorted(r["image"] for r in records())
+    assert recorded == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+
+
+def test_logits_that_are_not_finite_stop_the_local_stream_naming_the_image(tmp_path, nan_onnx, photo_folder,
+                                                                           labelled):
+    write_dark_photo(photo_folder / "ILSVRC2012_val_00000005.JPEG")
+    out = tmp_path / "out"
+    result = stream_eval(nan_onnx, photo_folder, labelled, out, "--record-every", "0")
+    stops_at_the_dark_photo(result, out, lambda: recorded_images(out))
+
+
+def recorded_images(out) -> list:
+    """The per-image records a stream run left in out/result_bs3_records/."""
+    return read_records(records_folder(out / f"result_bs{BS}.json"))
