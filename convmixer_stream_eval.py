@@ -26,7 +26,7 @@ from tqdm import tqdm
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import positive_int, run_main
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.run_config import RunConfig, add_num_calib_option
 from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
@@ -51,7 +51,8 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
     add_num_calib_option(p)
-    p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+    p.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
+                   metavar="FRACTION",
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
     p.add_argument("--threads", default=None, type=positive_int, help="intra-op threads (default: the runtime's)")

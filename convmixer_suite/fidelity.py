@@ -8,6 +8,7 @@ Above ``--max-logit-error`` the run stops with one line. The figures are kept be
 by its bytes, the images, the runtime and the CPU's int8 class, so the check runs once per model, precision and
 CPU class; the limit is applied again on every run.
 """
+import argparse
 import hashlib
 import json
 import logging
@@ -62,6 +63,15 @@ class Fidelity:
         return {**asdict(self), "limit_max_logit_error": limit, "passed": failure is None, "failed_because": failure}
 
 
+def logit_error_limit(text: str) -> float:
+    """An argparse type for ``--max-logit-error``: a finite number of at least 0, for every precision (a NaN limit
+    would pass any model, a negative one none)."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text}")
+    return value
+
+
 def compare_logits(reduced: np.ndarray, reference: np.ndarray) -> tuple:
     """(max |diff| / max |reference logit|, number of images whose top-1 agrees); the error is NaN when either
     side holds a value that is not finite, which no limit passes."""
@@ -78,8 +88,8 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
     anything, when the figures exceed ``limit``."""
     if backend.precision == "fp32":
         return None
-    if limit < 0:
-        raise UserError(f"--max-logit-error {limit}: must be at least 0")
+    if not 0 <= limit < math.inf:
+        raise UserError(f"--max-logit-error {limit}: must be a number of at least 0")
     samples, image_source = held_out()
     record_path = cached_record_path(backend, samples)
     figures = read_cached(record_path)

@@ -119,3 +119,17 @@ def test_logits_that_are_not_finite_stop_the_local_stream_naming_the_image(tmp_p
 def recorded_images(out) -> list:
     """The per-image records a stream run left in out/result_bs3_records/."""
     return read_records(records_folder(out / f"result_bs{BS}.json"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine", "ray", "--workers", "2"], "--workers sets the local engine's decode processes; with --engine ray, "
+                                             "Ray runs decode tasks on the CPUs it has"),
+    (["--max-logit-error", "-1"], "argument --max-logit-error: must be a number of at least 0, got -1"),
+])
+def test_conflicting_or_bad_flags_are_one_line(tmp_path, small_onnx, photo_folder, labelled, extra, message):
+    result = run_script("convmixer_stream_eval.py", "--model", small_onnx, "--image-path", photo_folder,
+                        "--annotation-file-path", labelled, "--result-json-path", tmp_path / "out",
+                        "--json-file-name", "r.json", *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"convmixer_stream_eval.py: error: {message}"
+    assert not (tmp_path / "out").exists()
