@@ -110,8 +110,9 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
 
 def measure(backend, samples: np.ndarray, image_source: str) -> Fidelity:
     from convmixer_suite.backends import BACKENDS
-    reference = BACKENDS[getattr(backend, "runtime", backend.name)](backend.model_path, threads=backend.threads, device=backend.device,
-                                          input_shape=backend.input_shape).load()
+    reference = BACKENDS[getattr(backend, "runtime", backend.name)](
+        backend.model_path, threads=backend.threads, device=backend.device, input_shape=backend.input_shape,
+        batch_sizes=backend.batch_sizes).load()
     LOG.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
     reduced, expected = predict_all(backend, samples), predict_all(reference, samples)
     error, agree = compare_logits(reduced, expected)

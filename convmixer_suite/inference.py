@@ -108,7 +108,7 @@ def refuse_non_finite(path: Path, logits: np.ndarray) -> None:
 def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> InferenceRun:
     """Run every unfinished input file and write the summary; ``log`` gets msame's per-file lines."""
     inputs, input_record, is_folder = list_inputs(opts.input)
-    backend = config.create_backend()
+    backend = config.create_backend(batch_sizes=(images_in_file(inputs[0], None),))
     images = sum(images_in_file(p, backend.batch_size) for p in inputs)
     config = config.with_batch_size(backend.batch_size or images_in_file(inputs[0], None))
     log(f"[INFO] backend {backend.describe()}; {len(inputs)} file(s), {images} image(s)")

@@ -20,6 +20,8 @@ from convmixer_suite import backends, gpu_check
 from convmixer_suite.backends import Backend, OnnxRuntimeBackend, create_backend
 from convmixer_suite.cli import SettingError, UserError
 from convmixer_suite.fp16_onnx import fp16_model
+from convmixer_suite.inference import InferenceOptions, run_inference
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import StreamTimes, local_results
 
 IMAGE = (3, 224, 224)
@@ -96,6 +98,28 @@ def fake_card(monkeypatch):
     return install
 
 
+@pytest.fixture
+def torch_fp32_flags():
+    """torch's process-wide TF32 settings, as they were before the test, restored after it."""
+    b = torch.backends
+    legacy = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark)
+    precision = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision)
+    yield
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark = legacy
+    b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = precision
+
+
+def test_fp32_on_cuda_is_ieee_in_the_settings_torch_reads(fake_card, torch_fp32_flags):
+    """torch 2.13 reads TF32 from fp32_precision; allow_tf32 = False alone left convolutions at "none"."""
+    fake_card((9, 0), "NVIDIA H200")
+    assert backends.cuda_device(torch, "cuda:0", 0, "fp32") == torch.device("cuda:0")
+    b = torch.backends
+    assert (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision) == \
+        ("ieee", "ieee", "ieee")
+    assert b.cudnn.allow_tf32 is False and b.cuda.matmul.allow_tf32 is False  # the old readers agree, no error
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
 def test_bf16_on_a_card_before_ampere_is_one_line(small_checkpoint, fake_card):
     fake_card((7, 5))
     with pytest.raises(UserError) as excinfo:
@@ -170,11 +194,114 @@ def test_onnxruntime_gpu_routes_for_fp16(small_onnx):
     assert cuda.onnx_for_precision().name.startswith("small.fp16-")
     tensorrt = OnnxRuntimeBackend(small_onnx, precision="fp16", device="tensorrt:1")
     assert tensorrt.onnx_for_precision() == small_onnx  # TensorRT makes fp16 engines from the fp32 graph
-    chain = tensorrt.providers("TensorrtExecutionProvider")
-    assert chain[0] == ("TensorrtExecutionProvider", {
-        "device_id": 1, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(small_onnx.with_name("small.trt-cache"))})
-    assert chain[1:] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+
+
+class FakeOrt:
+    """onnxruntime-gpu as far as OnnxRuntimeBackend sees it: what it is handed is kept; ``refusal`` is raised by
+    InferenceSession, as ONNX Runtime raises its errors."""
+    __version__ = "fake"
+    GraphOptimizationLevel = SimpleNamespace(ORT_ENABLE_ALL="all")
+
+    def __init__(self, refusal=None):
+        self.sessions, self.refusal = [], refusal
+        fake = self
+
+        class SessionOptions:
+            def __init__(self):
+                self.entries = {}
+
+            def add_session_config_entry(self, key, value):
+                self.entries[key] = value
+
+        class InferenceSession:
+            def __init__(self, path, options, providers):
+                if fake.refusal:
+                    raise RuntimeError(fake.refusal)
+                fake.sessions.append({"path": path, "entries": options.entries, "providers": providers})
+                self.providers = providers
+
+            def get_providers(self):
+                return [p[0] if isinstance(p, tuple) else p for p in self.providers]
+
+            def get_inputs(self):
+                return [SimpleNamespace(name="image", shape=["batch", 3, 224, 224])]
+
+        self.SessionOptions, self.InferenceSession = SessionOptions, InferenceSession
+
+    @staticmethod
+    def get_available_providers():
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    def install(refusal=None):
+        fake = FakeOrt(refusal)
+        monkeypatch.setattr(backends, "import_library", lambda *args: fake)
+        return fake
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    return install
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_cuda_sessions_are_ieee_fp32_with_no_cpu_provider(small_onnx, fake_ort, precision):
+    """The CUDA provider alone (no CPU fallback: a node without a CUDA kernel refuses the session), with TF32
+    off so fp32 is the true fp32 twin of the gate."""
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, precision=precision, device="cuda:1")
+    (session,) = fake.sessions
+    assert session["providers"] == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0})]
+    assert session["entries"] == {"session.disable_cpu_ep_fallback": "1"}
+    assert session["path"].endswith(".onnx") and ("fp16-" in session["path"]) == (precision == "fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_sessions_build_one_engine_for_the_runs_batches_without_tf32(small_onnx, fake_ort, precision):
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, precision=precision, device="tensorrt:0", batch_sizes=(16,))
+    (session,) = fake.sessions
+    assert session["providers"] == [
+        ("TensorrtExecutionProvider", {
+            "device_id": 0, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(small_onnx.with_name("small.trt-cache-ieee-fp32")),
+            "trt_profile_min_shapes": "image:1x3x224x224", "trt_profile_opt_shapes": "image:16x3x224x224",
+            "trt_profile_max_shapes": "image:16x3x224x224"}),
+        ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})]
+    assert session["entries"] == {"session.disable_cpu_ep_fallback": "1"}
+    assert os.environ["NVIDIA_TF32_OVERRIDE"] == "0"  # TensorRT's only TF32 switch, read when it builds
+    create_backend("onnxruntime", small_onnx, device="tensorrt:0", batch_sizes=(2,))
+    assert fake.sessions[1]["providers"][0][1]["trt_profile_max_shapes"] == "image:8x3x224x224"  # the gate's 8
+
+
+def test_the_cpu_session_keeps_its_defaults(small_onnx, fake_ort):
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, batch_sizes=(4,))
+    assert fake.sessions[0]["providers"] == ["CPUExecutionProvider"] and fake.sessions[0]["entries"] == {}
+    assert "NVIDIA_TF32_OVERRIDE" not in os.environ
+
+
+def test_a_node_the_gpu_provider_cannot_run_refuses_the_session_in_one_line(small_onnx, fake_ort):
+    fake_ort("[ONNXRuntimeError] : 1 : FAIL : This session contains graph nodes that are assigned to the default "
+             "CPU EP, but fallback to CPU EP has been explicitly disabled by the user.")
+    with pytest.raises(UserError) as excinfo:
+        create_backend("onnxruntime", small_onnx, device="cuda:0")
+    assert one_line_error(excinfo) == (
+        "device cuda:0: CUDAExecutionProvider cannot run every operator of small.onnx (ONNX Runtime would run the "
+        "rest on the CPU, copying tensors on every call); run it on --device cpu, or another --precision")
+
+
+def test_the_run_and_the_gate_give_tensorrt_their_batch_size(small_onnx, calib_dir, tmp_path, monkeypatch):
+    """convmixer_infer.py's batch size (its .bin files' images) reaches the backend and the gate's fp32 twin."""
+    seen = []
+    real = OnnxRuntimeBackend.load
+
+    def load(self):
+        seen.append((self.precision, self.batch_sizes))
+        return real(self)
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", load)
+    config = RunConfig.build(small_onnx, backend="onnxruntime", precision="int8", calib=calib_dir, num_calib=5)
+    run_inference(config, InferenceOptions(input=str(calib_dir), output=str(tmp_path / "out")), log=lambda line: None)
+    assert seen == [("int8", (2,)), ("fp32", (2,))]
 
 
 # ---- feeding the model ------------------------------------------------------------------------------------------
