@@ -178,14 +178,15 @@ class EvalJob:
         return {**self.run.identity(), "topk": self.topk, "images": image_set_identity(self.names, self.labels)}
 
 
-def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
+def gate_job(job: EvalJob, limit: float, announce=print) -> tuple:
     """The fidelity gate (convmixer_suite.fidelity) of the job's reduced precision, on this machine, before any
-    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. None for fp32."""
+    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. Returns (its figures, the
+    backend it loaded, for the local engine to run rather than load it again); (None, None) for fp32."""
     if job.run.precision == "fp32":
-        return None
+        return None, None
     backend = job.run.create_backend()
     held_out = fidelity.held_out_samples(backend, lambda: fidelity.samples_from_images(job.paths, job.transform))
-    return fidelity.gate(backend, held_out, limit, announce)
+    return fidelity.gate(backend, held_out, limit, announce), backend
 
 
 def refuse_other_runs_records(job: EvalJob, json_path, fresh=False) -> None:
@@ -297,11 +298,14 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
     return counter, times, skipped
 
 
-def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None):
+def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None, backend=None):
     """The local engine: decode worker processes and one model in this process. Returns (StreamTimes,
-    run info for the summary)."""
-    with BatchStream(job.paths, job.batch_size, job.transform, workers, job.skip_bad, batches=job.batches) as stream:
-        backend = job.run.create_backend()
+    run info for the summary). The workers fork before the model loads, as BatchStream asks; where the model is
+    loaded already (``backend``, by the fidelity gate) they are spawned instead, never forked from a process that
+    runs a runtime (whose threads, or CUDA, a fork copies half-way)."""
+    with BatchStream(job.paths, job.batch_size, job.transform, workers, job.skip_bad, batches=job.batches,
+                     start_method="spawn" if backend is not None else None) as stream:
+        backend = backend or job.run.create_backend()
         announce(f"backend {backend.describe()}; {len(job.batches)} batches of {job.batch_size} in this process, "
                  f"{stream.workers} decode workers")
         _, times, _ = record_results(local_results(stream, backend, len(job.names), job.topk), store, job.names,

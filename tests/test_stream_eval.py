@@ -133,3 +133,25 @@ def test_conflicting_or_bad_flags_are_one_line(tmp_path, small_onnx, photo_folde
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"convmixer_stream_eval.py: error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_reduced_precision_loads_its_model_once_and_never_forks_after(tmp_path, small_onnx, photo_folder, labelled,
+                                                                         calib_dir, monkeypatch):
+    """The fidelity gate loads the int8 model: the local engine runs that one (not a second load) and spawns its
+    decode workers, as a process that runs a runtime must; fp32 forks them before its model loads."""
+    import convmixer_stream_eval
+    from convmixer_suite import stream
+    from convmixer_suite.run_config import RunConfig
+    events = []
+    create, context = RunConfig.create_backend, stream.get_context
+    monkeypatch.setattr(RunConfig, "create_backend", lambda self, **kw: events.append(f"load {self.precision}")
+                        or create(self, **kw))
+    monkeypatch.setattr(stream, "get_context", lambda method: events.append(f"pool {method}") or context(method))
+    args = ["--model", str(small_onnx), "--image-path", str(photo_folder), "--annotation-file-path", str(labelled),
+            "--json-file-name", "r.json", "--backend", "onnxruntime", "--batch-size", "3", "--workers", "1"]
+    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "int8"), "--precision", "int8",
+                                              "--calib", str(calib_dir)]) == 0
+    assert events == ["load int8", "pool spawn"]
+    events.clear()
+    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "fp32")]) == 0
+    assert events == ["pool fork", "load fp32"]
