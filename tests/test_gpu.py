@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -68,6 +69,29 @@ def test_compile_is_refused_where_it_does_not_apply(small_onnx):
     with pytest.raises(UserError, match="compile applies to the torch backend") as excinfo:
         create_backend("onnxruntime", small_onnx, compile_mode="reduce-overhead")
     one_line_error(excinfo)
+
+
+def test_torch_compile_default_mode_runs_through_the_runner_and_matches_eager(tmp_path, small_checkpoint,
+                                                                             small_model):
+    """torch.compile on the CPU (inductor, built with the machine's C++ compiler), two batch sizes in one run (one
+    compilation each): every logit within 1e-5 of eager PyTorch's."""
+    rng = np.random.default_rng(7)
+    batches = {"two": rng.standard_normal((2, *IMAGE)).astype(np.float32),
+               "three": rng.standard_normal((3, *IMAGE)).astype(np.float32)}
+    for name, batch in batches.items():
+        batch.tofile(tmp_path / f"{name}.bin")
+    done = subprocess.run([sys.executable, str(REPO / "convmixer_infer.py"), "--model", str(small_checkpoint),
+                           "--backend", "torch", "--compile", "default", "--outfmt", "BIN", "--output",
+                           str(tmp_path / "out"), "--input", f"{tmp_path / 'two.bin'},{tmp_path / 'three.bin'}"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch.compile mode default" in done.stdout
+    (folder,) = (tmp_path / "out").iterdir()
+    for name, batch in batches.items():
+        compiled = np.fromfile(folder / f"{name}_output_0.bin", dtype=np.float32).reshape(len(batch), -1)
+        with torch.no_grad():
+            eager = small_model(torch.from_numpy(batch)).numpy()
+        assert np.abs(compiled - eager).max() <= 1e-5, name
 
 
 # ---- one-line refusals -----------------------------------------------------------------------------------------
@@ -469,6 +493,31 @@ def test_gpu_check_targets_are_judged_on_what_was_measured():
         "- worst max |diff|/max |logit| of fp16/bf16 <= 0.02: not measured"]
 
 
+class ContentBackend(CountingBackend):
+    """Logits that are the batch's first ten values: each batch's own."""
+
+    def predict(self, batch):
+        return np.ascontiguousarray(batch.reshape(len(batch), -1)[:, :10], dtype=np.float32)
+
+
+class SwappingBackend(ContentBackend):
+    """predict_each hands back each batch's logits one batch late, the first twice: what a look-ahead bug does."""
+
+    def predict_each(self, batches):
+        previous = None
+        for batch in batches:
+            yield self.predict(previous if previous is not None else batch), 0.5
+            previous = batch
+
+
+def test_predict_each_check_finds_batches_handed_back_with_another_batchs_logits():
+    rng = np.random.default_rng(0)
+    assert gpu_check.predict_each_check(ContentBackend(Clock()), rng, 2) == {
+        "batches": 4, "max_rel_diff": 0.0, "matches": True}
+    swapped = gpu_check.predict_each_check(SwappingBackend(Clock()), rng, 2)
+    assert swapped["batches"] == 4 and not swapped["matches"] and swapped["max_rel_diff"] > 0.1
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--configs", "torch-cuda-fp8"], "--configs: unknown torch-cuda-fp8"),
     (["--batch-sizes", "1,x"], "--batch-sizes '1,x': comma-separated whole numbers"),
@@ -498,12 +547,18 @@ def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint, small_model)
     """The parent/child machinery end to end on the CPU: fp32 measured, fp16 refused and reported as such."""
     done = run_gpu_check("--out", tmp_path / "out", "--work", tmp_path / "work", "--device", "cpu",
                          "--checkpoint", small_checkpoint,
-                         "--configs", "torch-cuda-fp32,torch-cuda-fp16", "--batch-sizes", "1,2",
-                         "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3", "--time-limit-s", "150")
+                         "--configs", "torch-cuda-fp32,torch-cuda-fp16,onnxruntime-cuda-fp16,onnxruntime-tensorrt-fp16",
+                         "--batch-sizes", "1,2", "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3",
+                         "--time-limit-s", "200")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     parts = report["parts"]
-    assert list(parts) == ["reference", "torch-cuda-fp32", "torch-cuda-fp16"]
+    assert list(parts) == ["reference", "torch-cuda-fp32", "torch-cuda-fp16", "onnxruntime-cuda-fp16",
+                           "onnxruntime-tensorrt-fp16"]
+    import onnxruntime  # the CPU build here: neither GPU route runs, and each says why
+    for part, provider in (("onnxruntime-cuda-fp16", "CUDAExecutionProvider"),
+                           ("onnxruntime-tensorrt-fp16", "TensorrtExecutionProvider")):
+        assert parts[part]["error"].startswith(f"not run: onnxruntime {onnxruntime.__version__} has no {provider}")
     # --device cpu compares CPU fp32 with itself; what can be wrong is the reference: its logits must be those of
     # the checkpoint's model on the fidelity inputs, computed here without the suite
     images = np.load(tmp_path / "work" / "fidelity_inputs_2.npy")
@@ -514,11 +569,14 @@ def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint, small_model)
     assert len(images) == 2 and np.abs(expected[0] - expected[1]).max() > 0  # two different pictures
     fp32 = parts["torch-cuda-fp32"]
     assert fp32["max_rel_diff"] == 0.0 and set(fp32["batches"]) == {"1", "2"}
+    assert fp32["predict_each"] == {"batches": 4, "max_rel_diff": 0.0, "matches": True}
     assert all(b["measured"] and b["images_per_s"] > 0 and b["latency_ms"]["count"] == 3 for b in fp32["batches"].values())
     assert parts["torch-cuda-fp16"]["error"].startswith("--precision fp16 on the torch backend runs on --device cuda")
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| torch-cuda-fp32 |" in markdown and "- batch-1 latency p50 <= 5 ms: not measured" in markdown
-    assert report["elapsed_s"] < 150
+    assert "- torch-cuda-fp32: each batch its own logits (max |diff|/max |logit| 0)" in markdown
+    assert "| onnxruntime-tensorrt-fp16 | " in markdown and "not run: onnxruntime" in markdown
+    assert report["elapsed_s"] < 200
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
     assert (tmp_path / "work" / "reference_logits.npy").is_file()
 
