@@ -102,7 +102,8 @@ def refuse_non_finite(path: Path, logits: np.ndarray) -> None:
     if counts:
         raise UserError(non_finite_message(str(path), counts, logits.size,
                                            "nothing written for it, and no summary; the outputs of the files "
-                                           "before it are kept (--resume latest goes on from it)"))
+                                           "before it are kept for --resume latest, with the same model and "
+                                           "settings"))
 
 
 def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> InferenceRun:

@@ -229,8 +229,8 @@ class BatchResult:
             raise UserError(non_finite_message(
                 f"{names[self.k * batch_size + row]} (batch {self.k})", self.non_finite,
                 len(self.classes) * self.num_classes,
-                "nothing recorded for this batch and no JSON written; the batches before it are recorded, so the "
-                "same command with a fixed model resumes from it"))
+                "nothing recorded for this batch and no JSON written; the batches before it stay recorded for a "
+                "rerun of the same run (another model starts over with --fresh)"))
 
 
 def local_results(stream: BatchStream, backend, num_images: int, topk=5):

@@ -271,7 +271,7 @@ def test_logits_that_are_not_finite_stop_the_run_at_their_file_keeping_the_files
     assert errors == [
         f"convmixer_infer.py: error: {bin_folder / 'input_00001.bin'}: 1000 of 2000 output values are not finite "
         f"(NaN or infinite), in 1 image(s); nothing written for it, and no summary; the outputs of the files before "
-        f"it are kept (--resume latest goes on from it)"]
+        f"it are kept for --resume latest, with the same model and settings"]
     assert [p.name for p in run_folder(output).iterdir()] == ["input_00000_output_0.txt"]
     assert not list((tmp_path / "out.runs").glob("*_summary.json"))
 

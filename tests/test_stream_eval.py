@@ -102,7 +102,7 @@ def stops_at_the_dark_photo(result, out, records):
     assert result.stderr.strip().splitlines()[-1] == (
         "convmixer_stream_eval.py: error: ILSVRC2012_val_00000005.JPEG (batch 1): 1000 of 3000 output values are not "
         "finite (NaN or infinite), in 1 image(s); nothing recorded for this batch and no JSON written; the batches "
-        "before it are recorded, so the same command with a fixed model resumes from it")
+        "before it stay recorded for a rerun of the same run (another model starts over with --fresh)")
     assert not list(out.glob("*.json"))
     recorded = sorted(r["image"] for r in records())
     assert recorded == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
@@ -114,6 +114,9 @@ def test_logits_that_are_not_finite_stop_the_local_stream_naming_the_image(tmp_p
     out = tmp_path / "out"
     result = stream_eval(nan_onnx, photo_folder, labelled, out, "--record-every", "0")
     stops_at_the_dark_photo(result, out, lambda: recorded_images(out))
+    rerun = stream_eval(nan_onnx, photo_folder, labelled, out, "--record-every", "0")  # resumes at batch 1
+    assert "resuming: 1 batches already recorded" in rerun.stderr and rerun.stdout.count("Inference time:") == 0
+    stops_at_the_dark_photo(rerun, out, lambda: recorded_images(out))
 
 
 def recorded_images(out) -> list:
