@@ -48,7 +48,8 @@ def test_outside_ci_every_skip_stays_a_skip(tmp_path):
     assert result.returncode == 0, result.stdout
     assert result.stdout.splitlines()[-1].startswith("4 skipped")
     module = run_pytest(tmp_path, ci=False, name="test_module_skip.py", text=MODULE_SKIP)
-    assert module.returncode == 5 and module.stdout.splitlines()[-1].startswith("1 skipped"), module.stdout  # 5: none ran
+    # exit status 5: no test ran
+    assert module.returncode == 5 and module.stdout.splitlines()[-1].startswith("1 skipped"), module.stdout
 
 
 def test_under_ci_a_skip_for_what_ci_installs_fails_the_run(tmp_path):

@@ -285,7 +285,8 @@ def test_bad_arguments_are_one_line_and_write_nothing(small_onnx, bin_folder, tm
     missing = bin_folder / "input_00009.bin"
     inputs, extra, message = {
         "empty folder": (empty, [], f"{empty}: no .bin files in this folder"),
-        "missing file in a list": (f"{bin_folder / 'input_00000.bin'},{missing}", [], f"{missing}: input file not found"),
+        "missing file in a list": (f"{bin_folder / 'input_00000.bin'},{missing}", [],
+                                   f"{missing}: input file not found"),
         "loop 0": (bin_folder / "input_00000.bin", ["--loop", "0"], "--loop 0: must be 1..100"),
         "negative limit": (bin_folder, ["--max-logit-error", "-0.1"],
                            "argument --max-logit-error: must be a number of at least 0, got -0.1"),
