@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default=None, help="cpu (default), or cuda:N etc. as convmixer_infer.py takes")
     parser.add_argument("--precision", default="fp32", choices=[p for p in PRECISIONS if p != "int8"],
                         help="fp16/bf16: on a GPU (--device cuda:N), or on OpenVINO where the CPU has them")
-    parser.add_argument("--max-logit-error", type=float, default=fidelity.DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+    parser.add_argument("--max-logit-error", type=fidelity.logit_error_limit,
+                        default=fidelity.DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
                         help="fp16/bf16: the most max |diff| / max |logit| against fp32 on the first photos before "
                              "any class is shown (default %(default)s)")
     add_compile_option(parser)

@@ -19,7 +19,7 @@ import argparse
 
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import run_main
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.inference import InferenceOptions, run_inference
 from convmixer_suite.run_config import RunConfig, add_num_calib_option
 
@@ -42,7 +42,8 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of calibration images for --precision int8")
     add_num_calib_option(p)
-    p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+    p.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
+                   metavar="FRACTION",
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the input's first images) before anything is written "
                         "(default %(default)s)")

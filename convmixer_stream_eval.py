@@ -26,7 +26,7 @@ from tqdm import tqdm
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
 from convmixer_suite.cli import positive_int, run_main
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.run_config import RunConfig, add_num_calib_option
 from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
@@ -51,7 +51,8 @@ def parse_args(argv):
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
     add_num_calib_option(p)
-    p.add_argument("--max-logit-error", type=float, default=DEFAULT_MAX_LOGIT_ERROR, metavar="FRACTION",
+    p.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
+                   metavar="FRACTION",
                    help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
                         "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
     p.add_argument("--threads", default=None, type=positive_int, help="intra-op threads (default: the runtime's)")
@@ -111,15 +112,16 @@ def stage_lines(rates: dict, workers: int) -> list:
             for i, (name, r) in enumerate(sorted(rates["replicas"].items()), 1)]
 
 
-def run_engine(args, job: EvalJob, store: RecordStore, bar) -> tuple:
-    """Run the chosen engine on the job's batches; returns (StreamTimes, run info)."""
+def run_engine(args, job: EvalJob, store: RecordStore, bar, gated=None) -> tuple:
+    """Run the chosen engine on the job's batches; returns (StreamTimes, run info). ``gated``: the backend the
+    fidelity gate loaded, which the local engine runs (Ray's replicas load their own)."""
     announce = (lambda line: print(f"[INFO] {line}", flush=True))
     log = (lambda line: print(line, flush=True))
     if args.engine == "ray":
         from convmixer_suite import ray_engine
         return ray_engine.evaluate(job, store, args.ray_address, args.replicas, announce, log, bar,
                                    stall_timeout_s=args.stall_timeout)
-    return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar)
+    return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar, backend=gated)
 
 
 def main(argv=None):
@@ -133,7 +135,9 @@ def main(argv=None):
     num_batches = -(-len(paths) // args.batch_size)
     job = EvalJob(paths, names, image_labels, list(range(num_batches)), config, TOPK, args.skip_bad)
     refuse_other_runs_records(job, json_path, fresh=args.fresh)
-    figures = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
+    figures, gated = gate_job(job, args.max_logit_error, announce=lambda line: print(line, flush=True))
+    if args.engine == "ray":
+        gated = None  # the replicas load their own: not held here while they run
     job, store, resumed = resumable_job(job, json_path, fresh=args.fresh, flush_s=args.record_every)
     print(f"[INFO] {len(paths)} images from {root} in {num_batches} batches of {args.batch_size}"
           + (f" ({non_images} non-image files skipped)" if non_images else "")
@@ -142,7 +146,8 @@ def main(argv=None):
     started = time.perf_counter()
     with tqdm(total=len(paths), initial=len(paths) - job.pending_images, unit="img", desc="stream eval",
               file=sys.stderr, dynamic_ncols=True) as bar:
-        times, info = run_engine(args, job, store, bar) if job.batches else (StreamTimes(), {"engine": args.engine})
+        times, info = (run_engine(args, job, store, bar, gated) if job.batches
+                       else (StreamTimes(), {"engine": args.engine}))
     records = store.all_records()
     counter, skipped = accuracy_from_records(records, TOPK)
     latencies_ms = batch_latencies_ms(records)  # every batch's, those of a resumed run's earlier part included

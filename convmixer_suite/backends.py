@@ -10,6 +10,7 @@ for onnxruntime, ``cuda:N`` for torch, ``gpu[.N]`` for openvino, an integer NPU 
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +33,12 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile'
 BF16_MIN_CAPABILITY = (8, 0)  # CUDA bf16 arithmetic: Ampere (compute capability 8.0) and later
 IMAGE_SHAPE = tuple(DATA_CONFIG.input_size)          # (3, 224, 224)
 IMAGE_BYTES = int(np.prod(IMAGE_SHAPE)) * 4          # one float32 image
+# ONNX Runtime: a session whose nodes must all run on the providers listed (no CPU fallback), and the start of its
+# refusal when one cannot
+DISABLE_CPU_FALLBACK = "session.disable_cpu_ep_fallback"
+CPU_FALLBACK_REFUSED = "fallback to CPU EP has been explicitly disabled"
+# NVIDIA's libraries use no TF32 with this at 0; TensorRT has no other switch through ONNX Runtime
+TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
 
 
 def add_compile_option(parser) -> None:
@@ -76,8 +83,9 @@ class Backend:
     compiles = False  # takes --compile (torch.compile)
 
     def __init__(self, model_path, *, threads=None, precision="fp32", device=None, calib_dir=None,
-                 num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None):
+                 num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None, batch_sizes=()):
         self.model_path = Path(model_path)
+        self.batch_sizes = tuple(batch_sizes)  # the run's batch sizes, where known: TensorRT builds for them
         self.run_path = self.model_path  # the file that runs: the int8 model for int8 (onnx_for_precision)
         self.input_shape = tuple(input_shape)
         self.threads = threads
@@ -188,10 +196,20 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if wanted != "CPUExecutionProvider":
+            # a node the GPU provider lacks a kernel for would run on the CPU, with copies on every call
+            options.add_session_config_entry(DISABLE_CPU_FALLBACK, "1")
+        if wanted == "TensorrtExecutionProvider":
+            os.environ[TF32_OVERRIDE] = "0"  # read by TensorRT when it builds: its only TF32 switch
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers(wanted))
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise UserError(f"{path}: onnxruntime cannot load this model: {str(exc).splitlines()[0]}") from None
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if CPU_FALLBACK_REFUSED in first:
+                raise SettingError("device", f"{self.device}: {wanted} cannot run every operator of {path.name} "
+                                             f"(ONNX Runtime would run the rest on the CPU, copying tensors on every "
+                                             f"call); run it on --device cpu, or another --precision") from None
+            raise UserError(f"{path}: onnxruntime cannot load this model: {first}") from None
         if self.session.get_providers()[0] != wanted:
             raise SettingError("device", f"{self.device}: onnxruntime could not start {wanted} "
                                          f"(it fell back to {self.session.get_providers()[0]})")
@@ -201,28 +219,46 @@ class OnnxRuntimeBackend(Backend):
         self.batch_size = first_dim if isinstance(first_dim, int) else None
 
     def providers(self, wanted):
-        """The asked provider first; for a GPU provider the CPU provider stays as ONNX Runtime's
-        per-node fallback for operators the GPU provider lacks."""
+        """The asked provider alone; TensorRT with the CUDA provider behind it for the operators TensorRT does not
+        take. No CPU provider: every node runs on the GPU or the session is refused (DISABLE_CPU_FALLBACK, which
+        ONNX Runtime refuses beside a CPU provider in the list). fp32 on CUDA is IEEE fp32 (``use_tf32`` 0), so
+        that it is the true fp32 twin the reduced precisions are measured against; float16 work is unaffected."""
         if wanted == "CPUExecutionProvider":
             return [wanted]
-        gpu_options = {"device_id": self.device_index}
-        chain = [(wanted, gpu_options)]
+        cuda = ("CUDAExecutionProvider", {"device_id": self.device_index, "use_tf32": 0})
         if wanted == "TensorrtExecutionProvider":
-            chain = [(wanted, {**gpu_options, **self.tensorrt_options()}), ("CUDAExecutionProvider", gpu_options)]
-        return chain + ["CPUExecutionProvider"]
+            return [(wanted, {"device_id": self.device_index, **self.tensorrt_options()}), cuda]
+        return [cuda]
 
     def tensorrt_options(self) -> dict:
-        """TensorRT builds its engine from the fp32 ONNX, in fp16 where ``trt_fp16_enable`` allows; engines are
-        cached beside the model (building one takes minutes)."""
-        cache = self.model_path.with_name(f"{self.model_path.stem}.trt-cache")
-        return {"trt_fp16_enable": self.precision == "fp16", "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache)}
+        """TensorRT builds its engine from the fp32 ONNX, in fp16 where ``trt_fp16_enable`` allows, and IEEE fp32
+        elsewhere (TF32_OVERRIDE); engines are cached beside the model (building one takes minutes), in a folder
+        of their own apart from engines built with TF32. With the run's batch sizes known, one engine covers
+        batch 1 to the largest of them and the fidelity gate's, tuned for the run's: TensorRT would otherwise
+        build an engine for every new batch size of a dynamic batch axis."""
+        cache = self.model_path.with_name(f"{self.model_path.stem}.trt-cache-ieee-fp32")
+        options = {"trt_fp16_enable": self.precision == "fp16", "trt_engine_cache_enable": True,
+                   "trt_engine_cache_path": str(cache)}
+        if self.batch_sizes:
+            from convmixer_suite.fidelity import GATE_IMAGES
+            name = onnx_input_name(self.run_path)
+            shape = "x".join(str(d) for d in self.input_shape)
+            options.update(trt_profile_min_shapes=f"{name}:1x{shape}",
+                           trt_profile_opt_shapes=f"{name}:{max(self.batch_sizes)}x{shape}",
+                           trt_profile_max_shapes=f"{name}:{max(self.batch_sizes + (GATE_IMAGES,))}x{shape}")
+        return options
 
     def runs_fp16_onnx(self) -> bool:
         return self.device_kind == "cuda"
 
     def predict(self, batch):
         return self.session.run(None, {self.input_name: check_batch(batch, self.input_shape)})[0]
+
+
+def onnx_input_name(path) -> str:
+    """The first input's name of an .onnx, read without its weights."""
+    import onnx
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
 class OpenVinoBackend(Backend):
@@ -467,9 +503,21 @@ def cuda_device(torch, device, index, precision):
                                             f"{BF16_MIN_CAPABILITY[0]}.{BF16_MIN_CAPABILITY[1]} or later (Ampere); "
                                             f"use fp16")
     torch.backends.cudnn.benchmark = True  # a fixed shape per batch size: cuDNN times its algorithms once
-    torch.backends.cudnn.allow_tf32 = False  # fp32 means IEEE fp32, on every backend of this process alike
-    torch.backends.cuda.matmul.allow_tf32 = False
+    ieee_fp32(torch)
     return torch.device(f"cuda:{index}")
+
+
+def ieee_fp32(torch) -> None:
+    """fp32 means IEEE fp32, on every backend of this process alike: no TF32 in cuDNN convolutions or cuBLAS
+    matmuls. torch 2.13 reads the ``fp32_precision`` settings (its ``allow_tf32`` flags are their deprecated
+    aliases: turned off, they leave convolutions at "none", IEEE only through the defaults above them); the old
+    flags are turned off first, as setting them resets the new ones, and so that what still reads them (the
+    guards of torch.compile, say) finds them agreeing with the new, rather than an error."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cudnn.rnn.fp32_precision = "ieee"  # read with conv's by allow_tf32: the two must agree
 
 
 class ToolBackend(Backend):
@@ -590,8 +638,10 @@ def _openvino_route_installed(precision) -> bool:
 
 
 def create_backend(name, model_path, *, threads=None, precision="fp32", device=None,
-                   calib_dir=None, num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None) -> Backend:
+                   calib_dir=None, num_calib=DEFAULT_NUM_CALIB, input_shape=IMAGE_SHAPE, compile_mode=None,
+                   batch_sizes=()) -> Backend:
     """Build and load the named backend (``auto`` resolved by ``resolve_backend``)."""
     name = resolve_backend(name, model_path, precision)
     return BACKENDS[name](model_path, threads=threads, precision=precision, device=device, calib_dir=calib_dir,
-                          num_calib=num_calib, input_shape=input_shape, compile_mode=compile_mode).load()
+                          num_calib=num_calib, input_shape=input_shape, compile_mode=compile_mode,
+                          batch_sizes=batch_sizes).load()

@@ -8,9 +8,11 @@ Above ``--max-logit-error`` the run stops with one line. The figures are kept be
 by its bytes, the images, the runtime and the CPU's int8 class, so the check runs once per model, precision and
 CPU class; the limit is applied again on every run.
 """
+import argparse
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +38,18 @@ class Fidelity:
     top1_agree_images: int
     images: int
     image_source: str
+    non_finite_logits: int = 0  # NaN or infinite values among both models' logits (records of before: none counted)
+
+    def failure(self, limit: float) -> "str | None":
+        """Why these figures fail ``limit``, or None when they pass. A figure that is not a number never passes."""
+        if self.non_finite_logits:
+            return (f"{self.non_finite_logits} logits are not finite (NaN or infinite) on {self.images} held-out "
+                    f"images")
+        if not math.isfinite(self.max_logit_error):
+            return f"max |diff| / max |logit| is {self.max_logit_error}"
+        if self.max_logit_error > limit:
+            return f"max |diff| / max |logit| {self.max_logit_error:.4f} is above the limit {limit:g}"
+        return None
 
     def line(self, limit: float) -> str:
         """One line; no "ms" in it (test/parse.py reads a log's last "…ms")."""
@@ -45,11 +59,24 @@ class Fidelity:
                 f"{self.images}")
 
     def as_dict(self, limit: float) -> dict:
-        return {**asdict(self), "limit_max_logit_error": limit, "passed": self.max_logit_error <= limit}
+        failure = self.failure(limit)
+        return {**asdict(self), "limit_max_logit_error": limit, "passed": failure is None, "failed_because": failure}
+
+
+def logit_error_limit(text: str) -> float:
+    """An argparse type for ``--max-logit-error``: a finite number of at least 0, for every precision (a NaN limit
+    would pass any model, a negative one none)."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of at least 0, got {text}")
+    return value
 
 
 def compare_logits(reduced: np.ndarray, reference: np.ndarray) -> tuple:
-    """(max |diff| / max |reference logit|, number of images whose top-1 agrees)."""
+    """(max |diff| / max |reference logit|, number of images whose top-1 agrees); the error is NaN when either
+    side holds a value that is not finite, which no limit passes."""
+    if not (np.isfinite(reduced).all() and np.isfinite(reference).all()):
+        return float("nan"), int((reduced.argmax(1) == reference.argmax(1)).sum())
     max_logit = float(np.abs(reference).max())
     error = float(np.abs(reduced - reference).max()) / max_logit if max_logit else float("inf")
     return error, int((reduced.argmax(1) == reference.argmax(1)).sum())
@@ -61,8 +88,8 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
     anything, when the figures exceed ``limit``."""
     if backend.precision == "fp32":
         return None
-    if limit < 0:
-        raise UserError(f"--max-logit-error {limit}: must be at least 0")
+    if not 0 <= limit < math.inf:
+        raise UserError(f"--max-logit-error {limit}: must be a number of at least 0")
     samples, image_source = held_out()
     record_path = cached_record_path(backend, samples)
     figures = read_cached(record_path)
@@ -70,6 +97,9 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
         figures = measure(backend, samples, image_source)
         write_text_atomic(record_path, json.dumps(asdict(figures), indent=1) + "\n")
     announce(figures.line(limit))
+    if figures.non_finite_logits or not math.isfinite(figures.max_logit_error):
+        raise UserError(f"{backend.precision} on {backend.name} (CPU class {figures.cpu_class}) against fp32: "
+                        f"{figures.failure(limit)}; nothing written. Try {alternatives(backend)}")
     if figures.max_logit_error > limit:
         raise UserError(f"{backend.precision} on {backend.name} (CPU class {figures.cpu_class}) is "
                         f"{figures.max_logit_error:.4f} max |diff| / max |logit| from fp32 on {figures.images} "
@@ -80,12 +110,15 @@ def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=pri
 
 def measure(backend, samples: np.ndarray, image_source: str) -> Fidelity:
     from convmixer_suite.backends import BACKENDS
-    reference = BACKENDS[getattr(backend, "runtime", backend.name)](backend.model_path, threads=backend.threads, device=backend.device,
-                                          input_shape=backend.input_shape).load()
+    reference = BACKENDS[getattr(backend, "runtime", backend.name)](
+        backend.model_path, threads=backend.threads, device=backend.device, input_shape=backend.input_shape,
+        batch_sizes=backend.batch_sizes).load()
     LOG.info("fidelity: running %d held-out images on %s %s and fp32", len(samples), backend.name, backend.precision)
-    error, agree = compare_logits(predict_all(backend, samples), predict_all(reference, samples))
+    reduced, expected = predict_all(backend, samples), predict_all(reference, samples)
+    error, agree = compare_logits(reduced, expected)
+    non_finite = int(np.count_nonzero(~np.isfinite(reduced)) + np.count_nonzero(~np.isfinite(expected)))
     return Fidelity(backend.precision, backend.name, backend.device or "cpu", this_int8_class(), error,
-                    agree / len(samples), agree, len(samples), image_source)
+                    agree / len(samples), agree, len(samples), image_source, non_finite)
 
 
 def predict_all(backend, samples: np.ndarray) -> np.ndarray:

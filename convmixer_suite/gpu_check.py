@@ -13,7 +13,12 @@ the run as a whole ends within ``--time-limit-s`` (default 450 s) whatever happe
    batch from host memory to float32 logits back in host memory) and the throughput of ``predict_each`` (the next
    batch copied while one runs). Each batch size gets a share of the part's time; one that gets none is reported
    as not measured.
-3. ``stream``: convmixer_stream_eval.py on generated pictures (bf16 where the card has it, else fp16), its
+   Each configuration also runs ``predict_each`` (the next batch copied while one runs) over PREDICT_EACH_BATCHES
+   batches of different pictures and compares every batch's logits with ``predict``'s.
+3. ``onnxruntime-cuda-fp16`` (the float16 ONNX on the CUDA provider) and ``onnxruntime-tensorrt-fp16``
+   (TensorRT's fp16 engine), on the checkpoint exported to ONNX here: the same figures, where onnxruntime-gpu
+   is installed; elsewhere each is reported as not run, with the reason (the CPU onnxruntime has neither provider).
+4. ``stream``: convmixer_stream_eval.py on generated pictures (bf16 where the card has it, else fp16), its
    per-stage images/s and the stage that bounds it.
 
 The model is ``--checkpoint``, or by default seeded random ConvMixer-1536/20 weights made here, offline, with
@@ -47,8 +52,13 @@ COMPILE_MODE = "reduce-overhead"
 # Eager first; compiled with the reduced precisions first, as they matter most when time runs short.
 CONFIGS = {**{f"torch-cuda-{p}": (p, None) for p in PRECISIONS},
            **{f"torch-cuda-{p}-compiled": (p, COMPILE_MODE) for p in reversed(PRECISIONS)}}
-# Shares of the time limit: a compiled configuration compiles once per batch size.
-WEIGHTS = {"reference": 1.0, "stream": 1.5, **{name: 2.0 if mode else 1.0 for name, (_, mode) in CONFIGS.items()}}
+# ONNX Runtime's GPU routes: configuration -> (device kind, provider), fp16 each
+ORT_CONFIGS = {"onnxruntime-cuda-fp16": ("cuda", "CUDAExecutionProvider"),
+               "onnxruntime-tensorrt-fp16": ("tensorrt", "TensorrtExecutionProvider")}
+# Shares of the time limit: a compiled configuration compiles once per batch size, TensorRT builds an engine.
+WEIGHTS = {"reference": 1.0, "stream": 1.5, **{name: 2.0 if mode else 1.0 for name, (_, mode) in CONFIGS.items()},
+           "onnxruntime-cuda-fp16": 1.0, "onnxruntime-tensorrt-fp16": 2.0}
+PREDICT_EACH_BATCHES = 4
 REPORT_RESERVE_S = 10.0  # kept back for writing the report
 KILL_GRACE_S = 5.0  # a part is killed this long after its own budget ends
 MAX_TIMED_CALLS = 50
@@ -70,7 +80,8 @@ def parse_args(argv):
                                                 "what comes back, e.g. /tmp/gpu_check_work")
     p.add_argument("--device", default="cuda:0", help="cuda:N (default cuda:0), or cpu for a functional check")
     p.add_argument("--checkpoint", default=None, help="weights to run (default: seeded random ConvMixer-1536/20)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join([*CONFIGS, *ORT_CONFIGS]),
+                   help=f"comma-separated, from: {', '.join([*CONFIGS, *ORT_CONFIGS])}")
     p.add_argument("--batch-sizes", default="1,4,64,256", help="comma-separated (default %(default)s)")
     p.add_argument("--time-limit-s", type=float, default=450.0, help="the whole check (default %(default)s)")
     p.add_argument("--fidelity-images", type=positive_int, default=16, help="default %(default)s")
@@ -89,9 +100,9 @@ def parse_args(argv):
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         raise UserError("--batch-sizes: at least one, each at least 1")
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in args.configs if c not in CONFIGS]
+    unknown = [c for c in args.configs if c not in CONFIGS and c not in ORT_CONFIGS]
     if unknown:
-        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join([*CONFIGS, *ORT_CONFIGS])}")
     if args.time_limit_s <= REPORT_RESERVE_S:
         raise UserError(f"--time-limit-s {args.time_limit_s:g}: must exceed {REPORT_RESERVE_S:g}")
     if args.stream_images < 0:
@@ -185,13 +196,42 @@ def reference_part(args, inputs: dict, result: dict, save) -> None:
     save()
 
 
-def config_part(args, name: str, inputs: dict, result: dict, save, deadline: float) -> None:
-    """Load, fidelity against the reference, then each batch size within its share of the time left."""
+def load_config(args, name: str, inputs: dict):
+    """The backend of configuration ``name``: torch on the checkpoint, or ONNX Runtime on its ONNX export (made
+    once in the work folder), refused with the reason where this onnxruntime lacks the provider."""
     from convmixer_suite.backends import create_backend
-    precision, compile_mode = CONFIGS[name]
+    if name in CONFIGS:
+        precision, compile_mode = CONFIGS[name]
+        return create_backend("torch", inputs["checkpoint"], precision=precision, device=args.device,
+                              compile_mode=compile_mode)
+    kind, provider = ORT_CONFIGS[name]
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError("not run: onnxruntime does not import (pip install onnxruntime-gpu, docs/gpu.md)") from None
+    if provider not in onnxruntime.get_available_providers():
+        raise UserError(f"not run: onnxruntime {onnxruntime.__version__} has no {provider} (providers: "
+                        f"{', '.join(onnxruntime.get_available_providers())}); onnxruntime-gpu has it (docs/gpu.md)")
+    device = f"{kind}:{args.device_index}" if args.device_index is not None else "cpu"
+    return create_backend("onnxruntime", exported_onnx(inputs["checkpoint"], work_folder(args)), precision="fp16",
+                          device=device, batch_sizes=args.batch_sizes)
+
+
+def exported_onnx(checkpoint: Path, work: Path) -> Path:
+    """The checkpoint exported to ONNX (dynamic batch axis) and checked against PyTorch, once."""
+    from convmixer_suite.checkpoint import load_model
+    from convmixer_suite.export import export_verified
+    path = work / f"{Path(checkpoint).stem}.onnx"
+    if not path.is_file():
+        export_verified(load_model(checkpoint)[0], path)
+    return path
+
+
+def config_part(args, name: str, inputs: dict, result: dict, save, deadline: float) -> None:
+    """Load, fidelity against the reference, predict_each against predict, then each batch size within its share
+    of the time left."""
     started = time.perf_counter()
-    backend = create_backend("torch", inputs["checkpoint"], precision=precision, device=args.device,
-                             compile_mode=compile_mode)
+    backend = load_config(args, name, inputs)
     result.update(backend=backend.describe(), precision=backend.precision, load_s=time.perf_counter() - started)
     images = np.load(inputs["fidelity_inputs"])
     fidelity_started = time.perf_counter()
@@ -200,12 +240,28 @@ def config_part(args, name: str, inputs: dict, result: dict, save, deadline: flo
     result.update(fidelity(logits, np.load(work_folder(args) / "reference_logits.npy")),
                   fidelity_s=time.perf_counter() - fidelity_started)
     save()
+    result["predict_each"] = predict_each_check(backend, np.random.default_rng(args.seed + 1), chunk)
+    save()
     rng = np.random.default_rng(args.seed)
     for i, batch_size in enumerate(args.batch_sizes):
         share_end = time.perf_counter() + (deadline - time.perf_counter()) / (len(args.batch_sizes) - i)
         batch = rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32)
         result["batches"][str(batch_size)] = time_batch(backend, batch, share_end, args.max_calls)
         save()
+
+
+def predict_each_check(backend, rng, batch_size: int, batches: int = PREDICT_EACH_BATCHES) -> dict:
+    """``predict_each`` over ``batches`` batches of different pictures against ``predict`` on each: the largest
+    max |diff| / max |logit| of a batch, and whether every batch got its own logits back (top-1 of each row, and
+    the figure within 1e-5)."""
+    inputs = [rng.standard_normal((batch_size, 3, 224, 224), dtype=np.float32) for _ in range(batches)]
+    each = [logits for logits, _ in backend.predict_each(iter(inputs))]
+    if len(each) != batches:
+        return {"batches": batches, "returned": len(each), "matches": False}
+    figures = [compare_logits(got, backend.predict(batch)) for got, batch in zip(each, inputs)]
+    worst = max(error for error, _ in figures)
+    return {"batches": batches, "max_rel_diff": worst,
+            "matches": worst <= 1e-5 and all(agree == batch_size for _, agree in figures)}
 
 
 def time_batch(backend, batch: np.ndarray, share_end: float, max_calls: int = MAX_TIMED_CALLS) -> dict:
@@ -266,7 +322,7 @@ def run_part(args) -> int:
     deadline = time.perf_counter() + args.budget_s
     inputs = prepare_inputs(args)
     path = part_path(args, args.part)
-    result = {"part": args.part, "batches": {}} if args.part in CONFIGS else {"part": args.part}
+    result = {"part": args.part, "batches": {}} if is_config(args.part) else {"part": args.part}
     save = (lambda: write_text_atomic(path, json.dumps(result, indent=1) + "\n"))
     try:
         if args.part == "reference":
@@ -303,6 +359,14 @@ def part_path(args, part: str) -> Path:
 
 def parts_of(args) -> list:
     return ["reference"] + args.configs + (["stream"] if args.stream_images else [])
+
+
+def is_config(part: str) -> bool:
+    return part in CONFIGS or part in ORT_CONFIGS
+
+
+def config_precision(name: str) -> str:
+    return CONFIGS[name][0] if name in CONFIGS else "fp16"
 
 
 def run_parts(args, argv, started: float) -> dict:
@@ -354,7 +418,8 @@ def device_info(device: str, index) -> dict:
 
 def target_lines(results: dict) -> list:
     """The issue's targets, each checked against what was measured (or said to be unmeasured)."""
-    reduced = [r for name, r in results.items() if name in CONFIGS and CONFIGS[name][0] != "fp32" and "batches" in r]
+    reduced = [r for name, r in results.items()
+               if is_config(name) and config_precision(name) != "fp32" and "batches" in r]
     rates = [(max(b["images_per_s"], b["pipelined_images_per_s"]), r["part"], bs) for r in reduced
              for bs, b in r["batches"].items() if b.get("measured")]
     batch1 = [(r["batches"]["1"]["latency_ms"]["median"], r["part"]) for r in reduced
@@ -390,7 +455,7 @@ def markdown(report: dict) -> str:
              "host batch in, float32 host logits out; pipelined: `predict_each`, the next batch copied while one runs.",
              "", "| configuration | load s | max \\|diff\\|/max \\|logit\\| | top-1 agree | batch | p50 ms | p99 ms "
              "| images/s | pipelined images/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in CONFIGS:
+    for name in [*CONFIGS, *ORT_CONFIGS]:
         r = results.get(name)
         if r is None:
             continue
@@ -406,6 +471,8 @@ def markdown(report: dict) -> str:
                 lines.append(head + f"| {bs} | not measured: {b.get('why')} | | | |")
         if r.get("error"):
             lines.append(head + f"| | {r['error'][:200]} | | | |")
+    lines += ["", f"## predict_each against predict ({PREDICT_EACH_BATCHES} batches of different pictures)", ""]
+    lines += [predict_each_line(name, results[name]) for name in [*CONFIGS, *ORT_CONFIGS] if name in results]
     stream = results.get("stream")
     if stream:
         lines += ["", "## Streaming evaluation", "", f"`{stream.get('command', '')}`", ""]
@@ -414,6 +481,16 @@ def markdown(report: dict) -> str:
     lines += ["", f"For comparison, the guide's T4 with TensorRT fp16: {GUIDE_T4_FPS[1]} images/s at batch 1, "
                   f"{GUIDE_T4_FPS[4]} at batch 4 (the guide's figures, not measured here)."]
     return "\n".join(lines) + "\n"
+
+
+def predict_each_line(name: str, result: dict) -> str:
+    check = result.get("predict_each")
+    if check is None:
+        return f"- {name}: not measured"
+    if "max_rel_diff" not in check:
+        return f"- {name}: DIFFERS: {check['returned']} results for {check['batches']} batches"
+    verdict = "each batch its own logits" if check["matches"] else "DIFFERS"
+    return f"- {name}: {verdict} (max |diff|/max |logit| {check['max_rel_diff']:.3g})"
 
 
 def main(argv=None):

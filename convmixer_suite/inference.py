@@ -18,6 +18,7 @@ from convmixer_suite.backends import IMAGE_BYTES, IMAGE_SHAPE, ToolBackend
 from convmixer_suite.cli import UserError
 from convmixer_suite.run_config import RunConfig
 from convmixer_suite.run_folder import RunFolder, choose_run_folder
+from convmixer_suite.scoring import non_finite_message, non_finite_rows
 from convmixer_suite.tool_runner import run_tool
 
 
@@ -88,15 +89,27 @@ def run_in_process(backend, todo, run: RunFolder, outfmt: str, loop: int, log) -
             latency_ms = (time.perf_counter() - started) * 1000.0
             latencies.append(latency_ms)
             log(msame_log.time_line(latency_ms))
+            refuse_non_finite(path, logits)
         run.write_logits(path, logits, outfmt)
         run.record(path, latency_ms)
     return latencies
 
 
+def refuse_non_finite(path: Path, logits: np.ndarray) -> None:
+    """Stop at a batch whose logits hold NaN or infinity (an fp16 overflow, say) before its output is written;
+    the outputs of the files before it stay, for --resume."""
+    counts = non_finite_rows(logits)
+    if counts:
+        raise UserError(non_finite_message(str(path), counts, logits.size,
+                                           "nothing written for it, and no summary; the outputs of the files "
+                                           "before it are kept for --resume latest, with the same model and "
+                                           "settings"))
+
+
 def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> InferenceRun:
     """Run every unfinished input file and write the summary; ``log`` gets msame's per-file lines."""
     inputs, input_record, is_folder = list_inputs(opts.input)
-    backend = config.create_backend()
+    backend = config.create_backend(batch_sizes=(images_in_file(inputs[0], None),))
     images = sum(images_in_file(p, backend.batch_size) for p in inputs)
     config = config.with_batch_size(backend.batch_size or images_in_file(inputs[0], None))
     log(f"[INFO] backend {backend.describe()}; {len(inputs)} file(s), {images} image(s)")

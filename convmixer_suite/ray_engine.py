@@ -48,7 +48,7 @@ from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.ray_decode import decode_block
-from convmixer_suite.scoring import top_k
+from convmixer_suite.scoring import non_finite_rows, top_k
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
 
 INSTALL_HINT = "--engine ray needs Ray Data, which is not installed; install it with: pip install -r requirements-dist.txt"
@@ -261,7 +261,11 @@ class Replica:
         logits = self.backend.predict(row["image"][0])
         latency_ms = (time.perf_counter() - started) * 1000.0
         classes, scores = top_k(logits[:n], self.topk, source=f"batch {k}")
+        non_finite = np.zeros(n, dtype=np.int64)
+        for r, count in non_finite_rows(logits[:n]).items():
+            non_finite[r] = count
         return {"k": row["k"], "n": row["n"], "classes": classes[None], "scores": scores[None],
+                "non_finite": non_finite[None],
                 "num_classes": [logits.shape[1]], "latency_ms": [latency_ms], "bad": row["bad"],
                 "decode_s": row["decode_s"], "replica": np.array([self.name], dtype=object)}
 
@@ -401,7 +405,8 @@ def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
         watch.saw_batch(float(row["latency_ms"]))
         yield BatchResult(k, row["classes"], row["scores"], int(row["num_classes"]), float(row["latency_ms"]),
                           {int(r): message for r, message in json.loads(str(row["bad"])).items()},
-                          decode_s=float(row["decode_s"]), replica=str(row["replica"]))
+                          decode_s=float(row["decode_s"]), replica=str(row["replica"]),
+                          non_finite={int(r): int(c) for r, c in enumerate(row["non_finite"]) if c})
 
 
 USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)

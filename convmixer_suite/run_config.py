@@ -74,8 +74,10 @@ class RunConfig:
         return tuple(self.data_config.input_size)
 
     def create_backend(self, **placement):
-        """Load this run's backend; ``placement`` (``device``, ``threads``) is where a Ray replica runs it."""
-        runtime = {"device": self.device, "threads": self.threads, **placement}
+        """Load this run's backend; ``placement`` (``device``, ``threads``) is where a Ray replica runs it, and
+        ``batch_sizes`` the sizes it will run where the config does not know its batch size yet."""
+        runtime = {"device": self.device, "threads": self.threads,
+                   "batch_sizes": (self.batch_size,) if self.batch_size else (), **placement}
         backend = create_backend(self.backend, self.model, precision=self.precision, calib_dir=self.calib,
                                  num_calib=self.num_calib, compile_mode=self.compile_mode,
                                  input_shape=self.sample_shape, **runtime)

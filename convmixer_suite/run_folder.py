@@ -26,6 +26,10 @@ TIMESTAMP_RE = re.compile(r"^\d{7,8}_\d")          # msame's two forms: 20210723
 OUTPUT_SUFFIX = "_output_0"
 RECORDS_SUFFIX = ".runs"
 IDENTITY_PREFIX = "# run "  # the resume record's first line: this and the run's identity as JSON
+# How to start over, in the words of both ways in: the runner's own flag, and the guide's wrapper's (which passes
+# --resume latest itself, so its user never typed --resume).
+START_OVER = ("remove it, or start a new run (convmixer_infer.py: without --resume; "
+              "test/eval_acc_perf.sh: --fresh=true)")
 
 
 def differing_keys(recorded: dict, identity: dict) -> str:
@@ -76,12 +80,11 @@ class RunFolder:
         if not self.record_path.is_file():
             if self.folder.is_dir() and any(self.folder.iterdir()):
                 raise UserError(f"{self.folder}: holds outputs but no run record ({self.record_path}), so "
-                                f"it cannot be checked to be this run's; remove it or run without --resume")
+                                f"it cannot be checked to be this run's; {START_OVER}")
             return {}
         lines = self.record_path.read_text().splitlines()
         if lines and lines[0] != self.identity_line:
-            raise UserError(f"{self.folder}: made by a different run ({self.differences(lines[0])}); "
-                            f"remove it or run without --resume")
+            raise UserError(f"{self.folder}: made by a different run ({self.differences(lines[0])}); {START_OVER}")
         return {name: float(ms) for name, ms in (line.split("\t") for line in lines[1:] if "\t" in line)}
 
     def differences(self, recorded_line: str) -> str:

@@ -187,6 +187,19 @@ def label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return higher.sum(axis=1)
 
 
+def non_finite_rows(logits: np.ndarray) -> dict:
+    """{row: how many of its values are NaN or infinite} for the rows that hold any."""
+    counts = np.count_nonzero(~np.isfinite(np.asarray(logits).reshape(len(logits), -1)), axis=1)
+    return {int(row): int(counts[row]) for row in np.flatnonzero(counts)}
+
+
+def non_finite_message(where: str, counts: dict, values: int, after: str) -> str:
+    """The one line that stops a run at outputs holding NaN or infinite values: ``where`` names the input,
+    ``values`` is how many the outputs have in all, ``after`` what happens to what is written."""
+    return (f"{where}: {sum(counts.values())} of {values} output values are not finite (NaN or infinite), "
+            f"in {len(counts)} image(s); {after}")
+
+
 def top_k(logits: np.ndarray, k: int = 5, source="outputs") -> tuple:
     """(classes [N,k] int64, scores [N,k] float32) of each row, best first, ties to the lower class (the order
     ``label_ranks`` counts in); 1001-class outputs drop class 0 (background) first, as scoring does."""

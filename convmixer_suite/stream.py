@@ -25,7 +25,7 @@ from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.records import RecordStore, batch_records, check_identity, image_set_identity, records_folder
 from convmixer_suite.run_config import RunConfig
-from convmixer_suite.scoring import TopKAccuracy, top_k
+from convmixer_suite.scoring import TopKAccuracy, non_finite_message, non_finite_rows, top_k
 from convmixer_suite.transform import EvalTransform, load_batch
 
 
@@ -178,14 +178,15 @@ class EvalJob:
         return {**self.run.identity(), "topk": self.topk, "images": image_set_identity(self.names, self.labels)}
 
 
-def gate_job(job: EvalJob, limit: float, announce=print) -> "dict | None":
+def gate_job(job: EvalJob, limit: float, announce=print) -> tuple:
     """The fidelity gate (convmixer_suite.fidelity) of the job's reduced precision, on this machine, before any
-    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. None for fp32."""
+    batch runs: on the held-out rows of ``--calib``, else on the job's first pictures. Returns (its figures, the
+    backend it loaded, for the local engine to run rather than load it again); (None, None) for fp32."""
     if job.run.precision == "fp32":
-        return None
+        return None, None
     backend = job.run.create_backend()
     held_out = fidelity.held_out_samples(backend, lambda: fidelity.samples_from_images(job.paths, job.transform))
-    return fidelity.gate(backend, held_out, limit, announce)
+    return fidelity.gate(backend, held_out, limit, announce), backend
 
 
 def refuse_other_runs_records(job: EvalJob, json_path, fresh=False) -> None:
@@ -219,6 +220,17 @@ class BatchResult:
     decode_s: float = 0.0
     waited_s: float = 0.0
     replica: str = "local"
+    non_finite: dict = field(default_factory=dict)  # row -> how many of its logits are NaN or infinite
+
+    def refuse_non_finite(self, names, batch_size) -> None:
+        """Stop the run, recording nothing of this batch, when any of its images' logits is not finite."""
+        if self.non_finite:
+            row = min(self.non_finite)
+            raise UserError(non_finite_message(
+                f"{names[self.k * batch_size + row]} (batch {self.k})", self.non_finite,
+                len(self.classes) * self.num_classes,
+                "nothing recorded for this batch and no JSON written; the batches before it stay recorded for a "
+                "rerun of the same run (another model starts over with --fresh)"))
 
 
 def local_results(stream: BatchStream, backend, num_images: int, topk=5):
@@ -235,9 +247,10 @@ def local_results(stream: BatchStream, backend, num_images: int, topk=5):
 
     for logits, latency_ms in backend.predict_each(batches()):
         k, _, bad, decode_s, waited = inflight.popleft()
-        classes, scores = top_k(logits[:images_in_batch(k, bs, num_images)], topk, source=f"batch {k}")
+        real = logits[:images_in_batch(k, bs, num_images)]
+        classes, scores = top_k(real, topk, source=f"batch {k}")
         yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
-                          decode_s, waited)
+                          decode_s, waited, non_finite=non_finite_rows(real))
 
 
 def record_results(results, store, names, image_labels, batch_size, topk=5, skip_bad=True, log=print,
@@ -255,6 +268,7 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
     started = time.perf_counter()
     try:
         for r in results:
+            r.refuse_non_finite(names, batch_size)
             times.decode_s += r.decode_s
             times.wait_s += r.waited_s
             times.inference_ms.append(r.latency_ms)
@@ -284,11 +298,14 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
     return counter, times, skipped
 
 
-def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None):
+def evaluate_local(job: EvalJob, store, workers: int, announce=print, log=print, progress=None, backend=None):
     """The local engine: decode worker processes and one model in this process. Returns (StreamTimes,
-    run info for the summary)."""
-    with BatchStream(job.paths, job.batch_size, job.transform, workers, job.skip_bad, batches=job.batches) as stream:
-        backend = job.run.create_backend()
+    run info for the summary). The workers fork before the model loads, as BatchStream asks; where the model is
+    loaded already (``backend``, by the fidelity gate) they are spawned instead, never forked from a process that
+    runs a runtime (whose threads, or CUDA, a fork copies half-way)."""
+    with BatchStream(job.paths, job.batch_size, job.transform, workers, job.skip_bad, batches=job.batches,
+                     start_method="spawn" if backend is not None else None) as stream:
+        backend = backend or job.run.create_backend()
         announce(f"backend {backend.describe()}; {len(job.batches)} batches of {job.batch_size} in this process, "
                  f"{stream.workers} decode workers")
         _, times, _ = record_results(local_results(stream, backend, len(job.names), job.topk), store, job.names,

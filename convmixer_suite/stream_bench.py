@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from convmixer_suite.cli import UserError, atomic_path, write_text_atomic
+from convmixer_suite.ray_engine import SINGLE_MACHINE_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO_SIZE = (500, 375)  # the most common ImageNet validation size
 # Ray on one machine: 127.0.0.1 only (not the machine's network address), no token file shared with any other Ray
 # here, and workers at the local engine's priority (Ray's default is nice 15; ray_engine does the same for a Ray
 # it starts itself).
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
+LOOPBACK_ENV = {SINGLE_MACHINE_ENV: "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
 
 
 def pooled_colour_onnx(path, seed: int = 0) -> Path:
@@ -140,17 +141,43 @@ def loopback_cluster(nodes: int, cpus_per_node: int):
     """A Ray cluster of ``nodes`` nodes on 127.0.0.1 in processes of its own (``ray.cluster_utils.Cluster``);
     yields it (``.address``, ``.add_node``, ``.remove_node``) and ends it on leaving. Its nodes share this machine's
     cores: it tests the multi-node code paths and placement, not a cluster's speed."""
-    os.environ.update(LOOPBACK_ENV)  # read by Ray on import, here and in every process it starts
-    from ray.cluster_utils import Cluster
-    node_args = dict(num_cpus=cpus_per_node, include_dashboard=False)
-    cluster = Cluster(initialize_head=True, head_node_args=node_args)
+    with loopback_environment():
+        from ray.cluster_utils import Cluster
+        node_args = dict(num_cpus=cpus_per_node, include_dashboard=False)
+        cluster = Cluster(initialize_head=True, head_node_args=node_args)
+        try:
+            for _ in range(nodes - 1):
+                cluster.add_node(**node_args)
+            cluster.wait_for_nodes()
+            yield cluster
+        finally:
+            cluster.shutdown()
+
+
+@contextlib.contextmanager
+def loopback_environment():
+    """LOOPBACK_ENV in this process's environment, and so in every process Ray starts, while the block runs; the
+    environment as it was afterwards. Ray reads the single-machine setting into a constant when it is imported, so
+    a Ray imported before the block, or during it, gets that constant set too, and restored after."""
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ENV}
+    os.environ.update(LOOPBACK_ENV)
+    set_single_machine(True)
     try:
-        for _ in range(nodes - 1):
-            cluster.add_node(**node_args)
-        cluster.wait_for_nodes()
-        yield cluster
+        yield
     finally:
-        cluster.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        set_single_machine(LOOPBACK_ENV[SINGLE_MACHINE_ENV] == saved[SINGLE_MACHINE_ENV])
+
+
+def set_single_machine(single: bool) -> None:
+    """Ray's single-machine constant (127.0.0.1 only), where Ray is imported in this process."""
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = not single
 
 
 def table(rows) -> str:

@@ -23,7 +23,7 @@ import time
 
 from convmixer_suite.benchmark_configs import CONFIGS, PROFILES, REFERENCE
 from convmixer_suite.cli import UserError, run_main
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR
+from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR, logit_error_limit
 
 
 def parse_args(argv):
@@ -39,7 +39,7 @@ def parse_args(argv):
     add("--threads", type=int, help="threads for every runtime (default: each one's own)")
     add("--images", help="folder of photos for fidelity (default: generated pictures)")
     add("--num-images", type=int, help="fidelity images (default 16; 4 with --quick)")
-    add("--max-logit-error", type=float, default=MAX_LOGIT_ERROR,
+    add("--max-logit-error", type=logit_error_limit, default=MAX_LOGIT_ERROR,
         help=f"fidelity limit: max |logit diff| / max |logit| against {REFERENCE} (default {MAX_LOGIT_ERROR})")
     add("--calib", help="preprocessed calibration folder for int8 (default: generated)")
     add("--num-calib", type=int, help="generated calibration images (default 300; 8 with --quick)")
@@ -97,8 +97,6 @@ def check_args(args):
             raise UserError(f"--{key.replace('_', '-')} must be at least 1")
     if args.warmup < 0:
         raise UserError("--warmup must be at least 0")
-    if not args.max_logit_error >= 0:
-        raise UserError("--max-logit-error must be at least 0")
     args.scenarios = parse_scenarios(args.scenarios)
     if args.loadgen_accuracy and not (args.images and args.labels):
         raise UserError("--loadgen-accuracy needs --images (photos) and --labels (their val_label.txt)")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole GPU check in one command, bounded in time (default 450 s): CUDA fp32 against CPU fp32, the torch
-# configurations fp32/fp16/bf16 with and without torch.compile at batch 1, 4, 64, 256 (speed and fidelity),
-# and the streaming evaluation on generated pictures. Writes gpu_check.json and gpu_check.md into --out.
+# configurations fp32/fp16/bf16 with and without torch.compile at batch 1, 4, 64, 256 (speed, fidelity, and
+# predict_each against predict), ONNX Runtime's CUDA and TensorRT fp16 routes (reported as not run where
+# onnxruntime-gpu is not installed), and the streaming evaluation on generated pictures. Writes gpu_check.json and
+# gpu_check.md into --out.
 #     bash test/gpu_check.sh --out ./gpu_check_results [--time-limit-s 450] [--checkpoint PATH] ...
 # Run it from the repository root (or with the project installed). It uses the machine's own python3 and
 # installs nothing: a Python package the suite needs and that python lacks is named, with exit status 2.

@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules: small seeded ConvMixers, their checkpoints, generated photos."""
 import http.server
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,68 @@ from PIL import Image
 import convmixer_net
 
 REPO = Path(__file__).resolve().parent.parent
+
+# ---- under CI, a skip for want of something CI installs fails the run ----------------------------------------
+
+# Import names whose distribution is named otherwise in the requirements files.
+DISTRIBUTIONS = {"mlperf_loadgen": "mlcommons-loadgen", "PIL": "pillow", "iree": "iree-base-runtime"}
+# What the skip reasons name: pytest.importorskip's "could not import 'x'", and "not installed: x, y" of our own.
+MISSING_MODULES = (re.compile(r"could not import '([\w.]+)'"), re.compile(r"not installed: ([\w., ]+)"))
+CI_TOOLS = {"g++": "no C++ compiler (g++)"}  # .ci/run installs it
+
+
+def required_distributions(path=REPO / "requirements-test.txt") -> set:
+    """The distributions a requirements file lists, with those of the files it includes (-r), lower-case."""
+    names = set()
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            names |= required_distributions(Path(path).parent / line[2:].strip())
+        elif line:
+            names.add(re.split(r"[\[=<>~!; ]", line, 1)[0].lower().replace("_", "-"))
+    return names
+
+
+def ci_requirement_skipped(reason: str) -> "str | None":
+    """What a skip's reason says is missing, when CI installs it (requirements-test.txt, or a CI_TOOLS tool)."""
+    required = required_distributions()
+    for pattern in MISSING_MODULES:
+        for match in pattern.finditer(reason):
+            for module in re.split(r"[, ]+", match.group(1).strip()):
+                top = module.split(".")[0]
+                if DISTRIBUTIONS.get(top, top).lower().replace("_", "-") in required:
+                    return module
+    return next((tool for tool, phrase in CI_TOOLS.items() if phrase in reason), None)
+
+
+def skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+
+
+def fail_a_ci_skip(report) -> None:
+    """Under CI=true, turn ``report`` (skipped) into a failure when what it lacks is one CI installs."""
+    if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = skip_reason(report)
+    missing = ci_requirement_skipped(reason)
+    if missing:
+        report.outcome = "failed"
+        report.longrepr = (f"CI=true: skipped for want of {missing}, which CI installs (requirements-test.txt, "
+                           f".ci/run): a broken install reads as a skip. The skip said: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    fail_a_ci_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    fail_a_ci_skip(outcome.get_result())  # a module-level importorskip
+
 
 # A small configuration: the real layer structure at a fraction of the cost (patch 14 as in 1024/20).
 SMALL = dict(dim=32, depth=2, kernel_size=5, patch_size=14)
@@ -307,6 +370,37 @@ def export_small_onnx(model, path, batch_size=None):
         torch.onnx.export(model, torch.zeros(batch_size or 1, 3, 224, 224), str(path), input_names=["image"],
                           output_names=["class"], dynamic_axes=dynamic, opset_version=11, dynamo=False)
     return Path(path)
+
+
+DARK = -1.5  # a black photo normalises to about -2.1 in the first channel; the generated photos to about 0
+
+
+class NanWhenDark(torch.nn.Module):
+    """A model whose logits are NaN for an image whose first channel averages below DARK, and the small model's
+    otherwise: a model that goes non-finite on some inputs only, as an fp16 overflow does."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        dark = x[:, 0].mean(dim=(1, 2)) < DARK
+        return torch.where(dark[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+@pytest.fixture
+def nan_onnx(tmp_path):
+    """NanWhenDark around the small model, exported as the ModelZoo export writes it (dynamic batch axis)."""
+    return export_small_onnx(NanWhenDark(seeded_model()).eval(), tmp_path / "nan_when_dark.onnx")
+
+
+def write_dark_photo(path):
+    """A black JPEG: NanWhenDark's logits for it are NaN."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (256, 256)).save(path, format="JPEG")
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -231,3 +231,53 @@ def test_demo_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     assert result.returncode != 0 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "demo_work" / "convmixer_1536_20.onnx").exists()
+
+
+def test_reduced_precision_flags_pass_through_and_the_gate_stops_the_wrapper(work, flow, tmp_path):
+    """--precision, --calib, --num_calib, --max_logit_error, --device and --fresh reach the runner: the gate's
+    figures are on 7 - 5 = 2 held-out images of --calib on cpu, its one line ends the run, and the stale folder
+    is gone."""
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions)
+    calib = tmp_path / "calib"
+    run_script("convmixer_preprocess.py", "--image-path", datasets / "val", "--prep-image", calib, "--batch-size", "2",
+               check=True)
+    stale = work / "result" / "outputs_bs2_om" / "20200101_000000"
+    stale.mkdir(parents=True)
+    (stale / "input_00000_output_0.txt").write_text("1 2 3 \n")
+    flags = [f"--datasets_path={datasets}", "--backend=onnxruntime", "--precision=int8", f"--calib={calib}",
+             "--num_calib=5", "--max_logit_error=1e-9"]
+    result = eval_acc_perf(work, *flags, "--device=cpu", "--fresh=true")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 2 and errors[1] == "eval_acc_perf.sh: error: step '2. inference' failed (exit 2)"
+    assert errors[0].startswith("convmixer_infer.py: error: int8 on onnxruntime (CPU class ")
+    assert errors[0].endswith("from fp32 on 2 held-out images, above --max-logit-error 1e-09; nothing written. Try "
+                              "the other int8 backend (--backend onnxruntime or openvino), bf16, or fp32, or a larger "
+                              "--max-logit-error if that error is acceptable")
+    gate_line = next(line for line in result.stdout.splitlines() if line.startswith("[INFO] fidelity:"))
+    assert f"on 2 held-out images of {calib} (held out of calibration)" in gate_line and "(cpu, CPU class" in gate_line
+    assert not (work / "result" / "outputs_bs2_om").exists()  # --fresh=true removed it; the gate wrote nothing
+    on_cuda = eval_acc_perf(work, f"--datasets_path={datasets}", "--backend=onnxruntime", "--device=cuda:0")
+    assert on_cuda.returncode == 2 and "cuda:0: this onnxruntime build has no CUDAExecutionProvider" in on_cuda.stderr
+
+
+@pytest.mark.parametrize("flag", ["--engine=ray", "--replicas=2", "--ray_address=auto"])
+def test_streaming_flags_without_stream_true_are_refused(work, flow, flag):
+    result = eval_acc_perf(work, f"--datasets_path={flow[0]}", flag)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "eval_acc_perf.sh: error: --engine, --ray_address and --replicas apply to --stream=true\n"
+
+
+def test_outputs_of_a_hand_run_msame_name_the_wrappers_fresh_flag(work, flow):
+    """msame run by hand into the guide's output folder: the wrapper's own --resume latest cannot check it, and
+    the line says how to start over with the wrapper's flag; with it the run goes through."""
+    datasets, predictions = flow[:2]
+    write_labels(datasets, predictions)
+    by_hand = work / "result" / "outputs_bs2_om" / "20210723_145039"
+    by_hand.mkdir(parents=True)
+    (by_hand / "input_00000_output_0.txt").write_text("1 2 3 \n")
+    refused = eval_acc_perf(work, f"--datasets_path={datasets}")
+    assert refused.returncode == 2
+    assert "test/eval_acc_perf.sh: --fresh=true" in refused.stderr and "run without --resume" not in refused.stderr
+    assert_reports(eval_acc_perf(work, f"--datasets_path={datasets}", "--fresh=true"), "100.0%")

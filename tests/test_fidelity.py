@@ -1,5 +1,6 @@
 """int8 parameters chosen for the CPU class, and the fidelity gate of every reduced precision."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -164,3 +165,40 @@ def test_int8_is_right_with_the_avx2_only_kernels_on_any_cpu():
                              str(Path(REPO, "tests", "test_precision.py")), str(Path(REPO, "tests", "test_fidelity.py"))],
                             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "3 passed" in result.stdout, result.stdout[-3000:]
+
+
+def test_one_nan_logit_fails_the_gate_and_its_record_says_why(small_onnx, calib_dir):
+    """One NaN in the reduced model's logits: max |diff| is NaN, and NaN > limit is false; the gate must still
+    refuse, from the figures it measures and from the record it reads back."""
+    from convmixer_suite.backends import create_backend
+    backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5)
+    predict = backend.predict
+
+    def one_nan(batch):
+        logits = predict(batch)
+        logits[0, 7] = np.nan
+        return logits
+    backend.predict = one_nan
+    held_out = fidelity.held_out_samples(backend, None)
+    for _ in ("measured", "read back"):
+        with pytest.raises(UserError) as refused:
+            fidelity.gate(backend, held_out, limit=0.5, announce=lambda line: None)
+        assert str(refused.value) == (f"int8 on onnxruntime (CPU class {this_int8_class()}) against fp32: 1 logits "
+                                      f"are not finite (NaN or infinite) on 2 held-out images; nothing written. "
+                                      f"Try the other int8 backend (--backend onnxruntime or openvino), bf16, or fp32")
+    record = json.loads(fidelity.cached_record_path(backend, held_out()[0]).read_text())
+    assert record["non_finite_logits"] == 1
+    figures = fidelity.Fidelity(**record)
+    assert figures.as_dict(0.5)["passed"] is False
+    assert figures.as_dict(0.5)["failed_because"].startswith("1 logits are not finite")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_figure_that_is_not_finite_never_passes(bad):
+    reference = np.arange(8, dtype=np.float32).reshape(2, 4)
+    reduced = reference.copy()
+    reduced[1, 2] = bad
+    error, _ = fidelity.compare_logits(reduced, reference)
+    assert math.isnan(error)
+    figures = fidelity.Fidelity("fp16", "onnxruntime", "cuda:0", "avx2", error, 1.0, 2, 2, "x")
+    assert figures.failure(1e9) == "max |diff| / max |logit| is nan"

@@ -1,9 +1,12 @@
 """The GPU path on a machine without one: options, one-line refusals, the float16 ONNX, the stream's feeding order,
 and test/gpu_check.sh (its no-GPU branch, and its parts run on the CPU as a functional check)."""
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -18,6 +21,8 @@ from convmixer_suite import backends, gpu_check
 from convmixer_suite.backends import Backend, OnnxRuntimeBackend, create_backend
 from convmixer_suite.cli import SettingError, UserError
 from convmixer_suite.fp16_onnx import fp16_model
+from convmixer_suite.inference import InferenceOptions, run_inference
+from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import StreamTimes, local_results
 
 IMAGE = (3, 224, 224)
@@ -66,6 +71,29 @@ def test_compile_is_refused_where_it_does_not_apply(small_onnx):
     one_line_error(excinfo)
 
 
+def test_torch_compile_default_mode_runs_through_the_runner_and_matches_eager(tmp_path, small_checkpoint,
+                                                                             small_model):
+    """torch.compile on the CPU (inductor, built with the machine's C++ compiler), two batch sizes in one run (one
+    compilation each): every logit within 1e-5 of eager PyTorch's."""
+    rng = np.random.default_rng(7)
+    batches = {"two": rng.standard_normal((2, *IMAGE)).astype(np.float32),
+               "three": rng.standard_normal((3, *IMAGE)).astype(np.float32)}
+    for name, batch in batches.items():
+        batch.tofile(tmp_path / f"{name}.bin")
+    done = subprocess.run([sys.executable, str(REPO / "convmixer_infer.py"), "--model", str(small_checkpoint),
+                           "--backend", "torch", "--compile", "default", "--outfmt", "BIN", "--output",
+                           str(tmp_path / "out"), "--input", f"{tmp_path / 'two.bin'},{tmp_path / 'three.bin'}"],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch.compile mode default" in done.stdout
+    (folder,) = (tmp_path / "out").iterdir()
+    for name, batch in batches.items():
+        compiled = np.fromfile(folder / f"{name}_output_0.bin", dtype=np.float32).reshape(len(batch), -1)
+        with torch.no_grad():
+            eager = small_model(torch.from_numpy(batch)).numpy()
+        assert np.abs(compiled - eager).max() <= 1e-5, name
+
+
 # ---- one-line refusals -----------------------------------------------------------------------------------------
 
 def test_torch_fp16_and_bf16_on_cpu_are_refused(small_checkpoint):
@@ -92,6 +120,28 @@ def fake_card(monkeypatch):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
     return install
+
+
+@pytest.fixture
+def torch_fp32_flags():
+    """torch's process-wide TF32 settings, as they were before the test, restored after it."""
+    b = torch.backends
+    legacy = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark)
+    precision = (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision)
+    yield
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark = legacy
+    b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision = precision
+
+
+def test_fp32_on_cuda_is_ieee_in_the_settings_torch_reads(fake_card, torch_fp32_flags):
+    """torch 2.13 reads TF32 from fp32_precision; allow_tf32 = False alone left convolutions at "none"."""
+    fake_card((9, 0), "NVIDIA H200")
+    assert backends.cuda_device(torch, "cuda:0", 0, "fp32") == torch.device("cuda:0")
+    b = torch.backends
+    assert (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision) == \
+        ("ieee", "ieee", "ieee")
+    assert b.cudnn.allow_tf32 is False and b.cuda.matmul.allow_tf32 is False  # the old readers agree, no error
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_bf16_on_a_card_before_ampere_is_one_line(small_checkpoint, fake_card):
@@ -154,10 +204,8 @@ def test_fp16_onnx_is_made_once_and_renamed_for_another_model(small_onnx, tmp_pa
 def test_onnxruntime_cpu_runs_the_fp16_onnx_close_to_fp32(small_onnx, small_model):
     import onnxruntime as ort
     batch = np.random.default_rng(0).standard_normal((2, *IMAGE)).astype(np.float32)
-    try:
-        session = ort.InferenceSession(str(fp16_model(small_onnx)), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # an ONNX Runtime CPU build without float16 kernels for these operators
-        pytest.skip(f"ONNX Runtime's CPU provider cannot run the fp16 model: {str(exc).splitlines()[0]}")
+    # the pinned ONNX Runtime runs every float16 operator of the graph on the CPU: an error here is a broken graph
+    session = ort.InferenceSession(str(fp16_model(small_onnx)), providers=["CPUExecutionProvider"])
     got = session.run(None, {"image": batch})[0]
     with torch.no_grad():
         expected = small_model(torch.from_numpy(batch)).numpy()
@@ -170,11 +218,114 @@ def test_onnxruntime_gpu_routes_for_fp16(small_onnx):
     assert cuda.onnx_for_precision().name.startswith("small.fp16-")
     tensorrt = OnnxRuntimeBackend(small_onnx, precision="fp16", device="tensorrt:1")
     assert tensorrt.onnx_for_precision() == small_onnx  # TensorRT makes fp16 engines from the fp32 graph
-    chain = tensorrt.providers("TensorrtExecutionProvider")
-    assert chain[0] == ("TensorrtExecutionProvider", {
-        "device_id": 1, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(small_onnx.with_name("small.trt-cache"))})
-    assert chain[1:] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+
+
+class FakeOrt:
+    """onnxruntime-gpu as far as OnnxRuntimeBackend sees it: what it is handed is kept; ``refusal`` is raised by
+    InferenceSession, as ONNX Runtime raises its errors."""
+    __version__ = "fake"
+    GraphOptimizationLevel = SimpleNamespace(ORT_ENABLE_ALL="all")
+
+    def __init__(self, refusal=None):
+        self.sessions, self.refusal = [], refusal
+        fake = self
+
+        class SessionOptions:
+            def __init__(self):
+                self.entries = {}
+
+            def add_session_config_entry(self, key, value):
+                self.entries[key] = value
+
+        class InferenceSession:
+            def __init__(self, path, options, providers):
+                if fake.refusal:
+                    raise RuntimeError(fake.refusal)
+                fake.sessions.append({"path": path, "entries": options.entries, "providers": providers})
+                self.providers = providers
+
+            def get_providers(self):
+                return [p[0] if isinstance(p, tuple) else p for p in self.providers]
+
+            def get_inputs(self):
+                return [SimpleNamespace(name="image", shape=["batch", 3, 224, 224])]
+
+        self.SessionOptions, self.InferenceSession = SessionOptions, InferenceSession
+
+    @staticmethod
+    def get_available_providers():
+        return ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+@pytest.fixture
+def fake_ort(monkeypatch):
+    def install(refusal=None):
+        fake = FakeOrt(refusal)
+        monkeypatch.setattr(backends, "import_library", lambda *args: fake)
+        return fake
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
+    return install
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnxruntime_cuda_sessions_are_ieee_fp32_with_no_cpu_provider(small_onnx, fake_ort, precision):
+    """The CUDA provider alone (no CPU fallback: a node without a CUDA kernel refuses the session), with TF32
+    off so fp32 is the true fp32 twin of the gate."""
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, precision=precision, device="cuda:1")
+    (session,) = fake.sessions
+    assert session["providers"] == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0})]
+    assert session["entries"] == {"session.disable_cpu_ep_fallback": "1"}
+    assert session["path"].endswith(".onnx") and ("fp16-" in session["path"]) == (precision == "fp16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_sessions_build_one_engine_for_the_runs_batches_without_tf32(small_onnx, fake_ort, precision):
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, precision=precision, device="tensorrt:0", batch_sizes=(16,))
+    (session,) = fake.sessions
+    assert session["providers"] == [
+        ("TensorrtExecutionProvider", {
+            "device_id": 0, "trt_fp16_enable": precision == "fp16", "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(small_onnx.with_name("small.trt-cache-ieee-fp32")),
+            "trt_profile_min_shapes": "image:1x3x224x224", "trt_profile_opt_shapes": "image:16x3x224x224",
+            "trt_profile_max_shapes": "image:16x3x224x224"}),
+        ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})]
+    assert session["entries"] == {"session.disable_cpu_ep_fallback": "1"}
+    assert os.environ["NVIDIA_TF32_OVERRIDE"] == "0"  # TensorRT's only TF32 switch, read when it builds
+    create_backend("onnxruntime", small_onnx, device="tensorrt:0", batch_sizes=(2,))
+    assert fake.sessions[1]["providers"][0][1]["trt_profile_max_shapes"] == "image:8x3x224x224"  # the gate's 8
+
+
+def test_the_cpu_session_keeps_its_defaults(small_onnx, fake_ort):
+    fake = fake_ort()
+    create_backend("onnxruntime", small_onnx, batch_sizes=(4,))
+    assert fake.sessions[0]["providers"] == ["CPUExecutionProvider"] and fake.sessions[0]["entries"] == {}
+    assert "NVIDIA_TF32_OVERRIDE" not in os.environ
+
+
+def test_a_node_the_gpu_provider_cannot_run_refuses_the_session_in_one_line(small_onnx, fake_ort):
+    fake_ort("[ONNXRuntimeError] : 1 : FAIL : This session contains graph nodes that are assigned to the default "
+             "CPU EP, but fallback to CPU EP has been explicitly disabled by the user.")
+    with pytest.raises(UserError) as excinfo:
+        create_backend("onnxruntime", small_onnx, device="cuda:0")
+    assert one_line_error(excinfo) == (
+        "device cuda:0: CUDAExecutionProvider cannot run every operator of small.onnx (ONNX Runtime would run the "
+        "rest on the CPU, copying tensors on every call); run it on --device cpu, or another --precision")
+
+
+def test_the_run_and_the_gate_give_tensorrt_their_batch_size(small_onnx, calib_dir, tmp_path, monkeypatch):
+    """convmixer_infer.py's batch size (its .bin files' images) reaches the backend and the gate's fp32 twin."""
+    seen = []
+    real = OnnxRuntimeBackend.load
+
+    def load(self):
+        seen.append((self.precision, self.batch_sizes))
+        return real(self)
+    monkeypatch.setattr(OnnxRuntimeBackend, "load", load)
+    config = RunConfig.build(small_onnx, backend="onnxruntime", precision="int8", calib=calib_dir, num_calib=5)
+    run_inference(config, InferenceOptions(input=str(calib_dir), output=str(tmp_path / "out")), log=lambda line: None)
+    assert seen == [("int8", (2,)), ("fp32", (2,))]
 
 
 # ---- feeding the model ------------------------------------------------------------------------------------------
@@ -207,12 +358,58 @@ def test_the_stream_keeps_each_batch_with_its_details_when_the_backend_looks_ahe
     assert [r.decode_s for r in results] == [0.0, 0.1, 0.2, 0.30000000000000004]
 
 
-def test_predict_each_on_cpu_is_predict(small_checkpoint):
+class PinnedHost(torch.Tensor):
+    """A host tensor that takes record_stream, as a CUDA tensor does (a CPU tensor refuses it)."""
+
+    def record_stream(self, stream):
+        pass
+
+
+class SyncStream:
+    def wait_event(self, event):
+        pass
+
+
+class SyncEvent:
+    def __init__(self, enable_timing=False):
+        self.at = None
+
+    def record(self, stream=None):
+        self.at = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.at - self.at) * 1000.0
+
+
+class SyncCudaTorch:
+    """torch with its CUDA stream, event and pinned-memory calls done at once on the CPU: TorchBackend's CUDA
+    ``predict_each`` (two buffer slots, batch k+1 taken before batch k's logits are collected) runs here as written,
+    so a batch handed back with another batch's logits shows."""
+    cuda = SimpleNamespace(Stream=lambda device=None: SyncStream(), stream=lambda stream: contextlib.nullcontext(),
+                           Event=SyncEvent, current_stream=lambda device=None: SyncStream())
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def empty(shape, dtype=None, pin_memory=False):
+        return torch.empty(shape, dtype=dtype).as_subclass(PinnedHost)
+
+
+def test_predict_each_on_the_cuda_path_gives_each_batch_its_own_logits(small_checkpoint, small_model):
     backend = create_backend("torch", small_checkpoint)
-    batches = [np.random.default_rng(i).standard_normal((2, *IMAGE)).astype(np.float32) for i in range(2)]
-    for (logits, latency_ms), batch in zip(backend.predict_each(iter(batches)), batches):
-        np.testing.assert_array_equal(logits, backend.predict(batch))
-        assert latency_ms > 0
+    backend.torch, backend.device_kind = SyncCudaTorch(), "cuda"  # the CUDA code path, on the CPU
+    batches = [np.random.default_rng(i).standard_normal((2, *IMAGE)).astype(np.float32) for i in range(5)]
+    got = list(backend.predict_each(iter(batches)))
+    assert len(got) == 5
+    with torch.no_grad():
+        for (logits, latency_ms), batch in zip(got, batches):
+            expected = small_model(torch.from_numpy(batch)).numpy()
+            np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+            assert type(logits) is np.ndarray and latency_ms > 0
 
 
 @pytest.mark.parametrize("decode_s, inference_ms, scoring_s, bound", [
@@ -232,12 +429,25 @@ def test_the_summary_names_the_stage_that_bounds_the_run(decode_s, inference_ms,
 
 # ---- gpu_check --------------------------------------------------------------------------------------------------
 
-class CountingBackend:
+class Clock:
+    """A clock that moves only when the model runs: time_batch's shares, counted without the machine's speed."""
+
     def __init__(self):
-        self.calls = 0
+        self.now_s = 100.0
+
+    def __call__(self):
+        return self.now_s
+
+
+class CountingBackend:
+    """Each call takes ``call_ms`` on ``clock``."""
+
+    def __init__(self, clock, call_ms=10.0):
+        self.calls, self.clock, self.call_ms = 0, clock, call_ms
 
     def predict(self, batch):
         self.calls += 1
+        self.clock.now_s += self.call_ms / 1000.0
         return np.zeros((len(batch), 10), np.float32)
 
     def predict_each(self, batches):
@@ -245,15 +455,24 @@ class CountingBackend:
             yield self.predict(batch), 0.5
 
 
-def test_time_batch_stays_within_its_share():
-    backend = CountingBackend()
+@pytest.mark.parametrize("share_ms, timed", [
+    (55.0, 4),   # 2 warm-up calls (20 ms), then timed calls while the clock is short of 55 ms: 30, 40, 50, 60
+    (0.5, 3),    # past its share after the warm-up: still the least number of timed calls
+    (1e6, 7),    # time enough: --max-calls
+])
+def test_time_batch_stays_within_its_share(monkeypatch, share_ms, timed):
+    clock = Clock()
+    monkeypatch.setattr(gpu_check, "time", SimpleNamespace(perf_counter=clock))
+    backend = CountingBackend(clock)
     batch = np.zeros((4, *IMAGE), np.float32)
-    assert gpu_check.time_batch(backend, batch, share_end=0.0) == {
+    assert gpu_check.time_batch(backend, batch, share_end=clock() - 1.0) == {
         "measured": False, "why": "no time left in this configuration's share"}
-    ended = gpu_check.time_batch(backend, batch, share_end=__import__("time").perf_counter() + 0.05)
-    assert ended["measured"] and gpu_check.MIN_TIMED_CALLS <= ended["latency_ms"]["count"] <= gpu_check.MAX_TIMED_CALLS
-    calls = gpu_check.WARMUP_CALLS + 2 * ended["latency_ms"]["count"]  # timed calls, then as many pipelined
-    assert backend.calls == calls and ended["pipelined_batch_ms_median"] == 0.5
+    assert backend.calls == 0
+    ended = gpu_check.time_batch(backend, batch, share_end=clock() + share_ms / 1000.0, max_calls=7)
+    assert ended["measured"] and ended["latency_ms"]["count"] == timed
+    assert ended["latency_ms"]["median"] == pytest.approx(10.0) and ended["images_per_s"] == pytest.approx(400.0)
+    assert backend.calls == gpu_check.WARMUP_CALLS + 2 * timed  # timed calls, then as many pipelined
+    assert ended["pipelined_batch_ms_median"] == 0.5
 
 
 def test_gpu_check_targets_are_judged_on_what_was_measured():
@@ -272,6 +491,31 @@ def test_gpu_check_targets_are_judged_on_what_was_measured():
     assert gpu_check.target_lines({}) == [
         "- best images/s in fp16 or bf16 >= 3000: not measured", "- batch-1 latency p50 <= 5 ms: not measured",
         "- worst max |diff|/max |logit| of fp16/bf16 <= 0.02: not measured"]
+
+
+class ContentBackend(CountingBackend):
+    """Logits that are the batch's first ten values: each batch's own."""
+
+    def predict(self, batch):
+        return np.ascontiguousarray(batch.reshape(len(batch), -1)[:, :10], dtype=np.float32)
+
+
+class SwappingBackend(ContentBackend):
+    """predict_each hands back each batch's logits one batch late, the first twice: what a look-ahead bug does."""
+
+    def predict_each(self, batches):
+        previous = None
+        for batch in batches:
+            yield self.predict(previous if previous is not None else batch), 0.5
+            previous = batch
+
+
+def test_predict_each_check_finds_batches_handed_back_with_another_batchs_logits():
+    rng = np.random.default_rng(0)
+    assert gpu_check.predict_each_check(ContentBackend(Clock()), rng, 2) == {
+        "batches": 4, "max_rel_diff": 0.0, "matches": True}
+    swapped = gpu_check.predict_each_check(SwappingBackend(Clock()), rng, 2)
+    assert swapped["batches"] == 4 and not swapped["matches"] and swapped["max_rel_diff"] > 0.1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -299,24 +543,40 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint):
+def test_gpu_check_parts_run_on_the_cpu(tmp_path, small_checkpoint, small_model):
     """The parent/child machinery end to end on the CPU: fp32 measured, fp16 refused and reported as such."""
     done = run_gpu_check("--out", tmp_path / "out", "--work", tmp_path / "work", "--device", "cpu",
                          "--checkpoint", small_checkpoint,
-                         "--configs", "torch-cuda-fp32,torch-cuda-fp16", "--batch-sizes", "1,2",
-                         "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3", "--time-limit-s", "150")
+                         "--configs", "torch-cuda-fp32,torch-cuda-fp16,onnxruntime-cuda-fp16,onnxruntime-tensorrt-fp16",
+                         "--batch-sizes", "1,2", "--fidelity-images", "2", "--stream-images", "0", "--max-calls", "3",
+                         "--time-limit-s", "200")
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     parts = report["parts"]
-    assert list(parts) == ["reference", "torch-cuda-fp32", "torch-cuda-fp16"]
-    assert parts["reference"]["max_rel_diff"] == 0.0 and parts["reference"]["top1_agreement"] == 1.0
+    assert list(parts) == ["reference", "torch-cuda-fp32", "torch-cuda-fp16", "onnxruntime-cuda-fp16",
+                           "onnxruntime-tensorrt-fp16"]
+    import onnxruntime  # the CPU build here: neither GPU route runs, and each says why
+    for part, provider in (("onnxruntime-cuda-fp16", "CUDAExecutionProvider"),
+                           ("onnxruntime-tensorrt-fp16", "TensorrtExecutionProvider")):
+        assert parts[part]["error"].startswith(f"not run: onnxruntime {onnxruntime.__version__} has no {provider}")
+    # --device cpu compares CPU fp32 with itself; what can be wrong is the reference: its logits must be those of
+    # the checkpoint's model on the fidelity inputs, computed here without the suite
+    images = np.load(tmp_path / "work" / "fidelity_inputs_2.npy")
+    with torch.no_grad():
+        expected = small_model(torch.from_numpy(images)).numpy()
+    reference = np.load(tmp_path / "work" / "reference_logits.npy")
+    np.testing.assert_allclose(reference, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    assert len(images) == 2 and np.abs(expected[0] - expected[1]).max() > 0  # two different pictures
     fp32 = parts["torch-cuda-fp32"]
     assert fp32["max_rel_diff"] == 0.0 and set(fp32["batches"]) == {"1", "2"}
+    assert fp32["predict_each"] == {"batches": 4, "max_rel_diff": 0.0, "matches": True}
     assert all(b["measured"] and b["images_per_s"] > 0 and b["latency_ms"]["count"] == 3 for b in fp32["batches"].values())
     assert parts["torch-cuda-fp16"]["error"].startswith("--precision fp16 on the torch backend runs on --device cuda")
     markdown = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| torch-cuda-fp32 |" in markdown and "- batch-1 latency p50 <= 5 ms: not measured" in markdown
-    assert report["elapsed_s"] < 150
+    assert "- torch-cuda-fp32: each batch its own logits (max |diff|/max |logit| 0)" in markdown
+    assert "| onnxruntime-tensorrt-fp16 | " in markdown and "not run: onnxruntime" in markdown
+    assert report["elapsed_s"] < 200
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gpu_check.json", "gpu_check.md"]
     assert (tmp_path / "work" / "reference_logits.npy").is_file()
 

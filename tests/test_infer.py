@@ -235,3 +235,59 @@ def test_resume_refuses_outputs_without_a_run_record(small_onnx, bin_folder, tmp
     (tmp_path / "out.runs" / f"{folder.name}_latency_ms.tsv").unlink()
     again = infer(small_onnx, bin_folder, output, "--resume", "latest")
     assert again.returncode == 2 and "holds outputs but no run record" in again.stderr
+
+
+def test_logits_that_are_not_finite_stop_the_run_at_their_file_keeping_the_files_before(nan_onnx, bin_folder,
+                                                                                           tmp_path):
+    """A model that gives NaN for the dark images of input_00001.bin: one line naming the file and the count, no
+    output for it or after it, no summary; the outputs before it stay."""
+    batch = np.fromfile(bin_folder / "input_00001.bin", dtype=np.float32).reshape(2, 3, 224, 224)
+    batch[1] = -2.1
+    batch.tofile(bin_folder / "input_00001.bin")
+    output = tmp_path / "out"
+    result = infer(nan_onnx, bin_folder, output, "--backend", "onnxruntime")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert errors == [
+        f"convmixer_infer.py: error: {bin_folder / 'input_00001.bin'}: 1000 of 2000 output values are not finite "
+        f"(NaN or infinite), in 1 image(s); nothing written for it, and no summary; the outputs of the files before "
+        f"it are kept for --resume latest, with the same model and settings"]
+    assert [p.name for p in run_folder(output).iterdir()] == ["input_00000_output_0.txt"]
+    assert not list((tmp_path / "out.runs").glob("*_summary.json"))
+
+
+@pytest.mark.parametrize("case", ["empty folder", "missing file in a list", "loop 0", "negative limit", "nan limit"])
+def test_bad_arguments_are_one_line_and_write_nothing(small_onnx, bin_folder, tmp_path, case):
+    """Every precision refuses a --max-logit-error that is not a number of at least 0: fp32 took -1 and nan
+    silently, and nan would pass any reduced model."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = bin_folder / "input_00009.bin"
+    inputs, extra, message = {
+        "empty folder": (empty, [], f"{empty}: no .bin files in this folder"),
+        "missing file in a list": (f"{bin_folder / 'input_00000.bin'},{missing}", [],
+                                   f"{missing}: input file not found"),
+        "loop 0": (bin_folder / "input_00000.bin", ["--loop", "0"], "--loop 0: must be 1..100"),
+        "negative limit": (bin_folder, ["--max-logit-error", "-0.1"],
+                           "argument --max-logit-error: must be a number of at least 0, got -0.1"),
+        "nan limit": (bin_folder, ["--max-logit-error", "nan"],
+                      "argument --max-logit-error: must be a number of at least 0, got nan"),
+    }[case]
+    output = tmp_path / "out"
+    result = infer(small_onnx, inputs, output, *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("convmixer_infer.py: error: ") and message in last, result.stderr
+    assert not output.exists()
+
+
+def test_a_folder_of_another_run_names_how_to_start_over_in_both_ways_in(small_onnx, bin_folder, tmp_path):
+    """msame run by hand into --output leaves outputs without our record; --resume latest picks that folder."""
+    folder = tmp_path / "out" / "20200101_000000"
+    folder.mkdir(parents=True)
+    (folder / "input_00000_output_0.txt").write_text("1 2 3 \n")
+    result = infer(small_onnx, bin_folder, tmp_path / "out", "--resume", "latest")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "it cannot be checked to be this run's; remove it, or start a new run (convmixer_infer.py: without --resume; "
+        "test/eval_acc_perf.sh: --fresh=true)")

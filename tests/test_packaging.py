@@ -64,3 +64,18 @@ def test_the_native_sources_are_package_data():
     assert {"depthwise_block.cpp", "depthwise_kernel.inc"} <= set(sources)
     for name in sources:
         assert any(fnmatch.fnmatch(f"native/{name}", p) for p in patterns["convmixer_suite"]), name
+
+
+def test_the_gpu_requirements_are_requirements_txt_with_onnxruntime_gpu_in_place_of_onnxruntime():
+    """onnxruntime and onnxruntime-gpu install the same module: the GPU file swaps one for the other, and nothing
+    installs both (no file includes it, no extra lists onnxruntime-gpu beside the project's onnxruntime)."""
+    gpu = pins(REPO / "requirements-gpu.txt")
+    # requirements.txt's pins for the Python a GPU machine runs (markers for older ones dropped)
+    cpu = {p.partition(";")[0].strip() for p in pins(REPO / "requirements.txt")
+           if not p.partition(";")[2] or ">=" in p.partition(";")[2]}
+    assert {p for p in gpu if not p.startswith("onnxruntime")} == {p for p in cpu if not p.startswith("onnxruntime")}
+    assert [p.split("==")[0] for p in gpu if p.startswith("onnxruntime")] == ["onnxruntime-gpu"]
+    included = {line.split()[1] for path in REPO.glob("requirements*.txt") for line in path.read_text().splitlines()
+                if line.startswith("-r ")}
+    assert "requirements-gpu.txt" not in included
+    assert not any("onnxruntime-gpu" in p for extra in project()["optional-dependencies"] for p in extra_pins(extra))

@@ -11,11 +11,10 @@ import pytest
 
 from conftest import REPO, SLOW_BS, export_small_onnx, run_script, seeded_model, slow_stream_args
 from convmixer_suite.records import records_folder
-from convmixer_suite.stream_bench import LOOPBACK_ENV, loopback_cluster
+from convmixer_suite.stream_bench import LOOPBACK_ENV, loopback_cluster, loopback_environment
 from test_stream_eval import labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results
 
-os.environ.update(LOOPBACK_ENV)  # before anything here imports Ray: it reads the loopback setting on import
 RUN_TIMEOUT_S = 240
 # Slower per batch than test_stream_resume's model (about 0.1 s an image on one thread), so that a node can be
 # killed while most batches are still to run.
@@ -39,8 +38,9 @@ ray.shutdown()
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two one-CPU nodes, started once for this module's tests (in file order: the node-kill test adds a third
-    node and kills it)."""
+    """Two one-CPU nodes, started once for this module's tests; Ray's loopback settings hold while it runs (also for
+    a Ray this test process imported before), and the environment is restored after. A test that adds a node
+    removes it again, so each test finds the two nodes whatever ran before it."""
     pytest.importorskip("ray")
     with loopback_cluster(nodes=2, cpus_per_node=1) as two_nodes:
         yield two_nodes
@@ -120,3 +120,24 @@ def test_a_node_killed_mid_run_gives_the_local_json_or_one_line_and_a_rerun_does
     assert (out / f"result_bs{SLOW_BS}.json").read_text() == expected
     assert image_results(out / f"result_bs{SLOW_BS}.json") == image_results(tmp_path / "local" /
                                                                             f"result_bs{SLOW_BS}.json")
+
+
+def test_importing_this_module_leaves_the_environment_alone():
+    """It once set Ray's loopback variables at import, so every test collected with it ran under them."""
+    check = "import os; before = dict(os.environ); import test_ray_cluster; print(dict(os.environ) == before)"
+    env = {name: value for name, value in os.environ.items() if name not in LOOPBACK_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO)])
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+
+
+def test_the_loopback_settings_hold_only_while_the_cluster_runs(monkeypatch):
+    constants = pytest.importorskip("ray._private.ray_constants")  # Ray imported before the cluster starts
+    for name in LOOPBACK_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", True)
+    before = dict(os.environ)
+    with loopback_environment():
+        assert {name: os.environ.get(name) for name in LOOPBACK_ENV} == LOOPBACK_ENV
+        assert constants.ENABLE_RAY_CLUSTER is False  # 127.0.0.1 only, though Ray read the variable before
+    assert dict(os.environ) == before and constants.ENABLE_RAY_CLUSTER is True

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SLOW_BS, export_small_onnx, run_script, slow_stream_args
+from conftest import SLOW_BS, export_small_onnx, run_script, slow_stream_args, write_dark_photo
 from convmixer_suite.records import records_folder
 from convmixer_suite.cli import UserError
 from convmixer_suite.ray_decode import decode_block
@@ -25,7 +25,8 @@ from convmixer_suite.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLIC
 from convmixer_suite.run_config import RunConfig
 from convmixer_suite.stream import EvalJob
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
-from test_stream_eval import BS, labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
+from test_stream_eval import BS, labelled, recorded_images, stops_at_the_dark_photo  # noqa: F401  (labelled: a fixture,
+# labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records
 
 # Token authentication keys on ~/.ray/auth_token, which any other Ray on this machine may rewrite; this head
@@ -194,6 +195,15 @@ def test_a_bad_image_stops_the_ray_run_by_name_or_is_skipped(tmp_path, small_onn
     assert (tmp_path / "s2" / f"result_bs{BS}.json").read_text() == expected
 
 
+def test_logits_that_are_not_finite_stop_the_ray_run_naming_the_image(tmp_path, nan_onnx, photo_folder, labelled,
+                                                                     ray_address):
+    write_dark_photo(photo_folder / "ILSVRC2012_val_00000005.JPEG")
+    out = tmp_path / "out"
+    result = stream_eval(nan_onnx, photo_folder, labelled, out, "--engine", "ray", "--ray-address", ray_address,
+                         "--record-every", "0")
+    stops_at_the_dark_photo(result, out, lambda: recorded_images(out))
+
+
 def test_without_ray_one_line_says_how_to_install_it(tmp_path, small_onnx, photo_folder, labelled):
     shadow = tmp_path / "no_ray"
     shadow.mkdir()
@@ -318,7 +328,8 @@ def result_rows(*ks, n=BS):
     rows = queue.Queue()
     for k in ks:
         rows.put({"k": k, "n": n, "classes": np.zeros((n, 5), dtype=np.int64), "scores": np.zeros((n, 5)),
-                  "num_classes": 1000, "latency_ms": 1.0, "bad": "{}", "decode_s": 0.1, "replica": "r"})
+                  "num_classes": 1000, "latency_ms": 1.0, "bad": "{}", "decode_s": 0.1, "replica": "r",
+                  "non_finite": np.zeros(n, dtype=np.int64)})
     return rows
 
 

@@ -249,14 +249,23 @@ def break_positional(tmp_path, what):
         data[7] = np.nan
         data.tofile(path)
         return out, labels_file, [path.name, "NaN"]
+    if what == "two_files_one_batch":  # an ais_bench output beside msame's for batch 1
+        shutil.copy(results / "input_00001_output_0.bin", results / "input_00001_0.bin")
+        return out, labels_file, ["two output files for batch 1", "input_00001_0.bin", "input_00001_output_0.bin"]
     raise AssertionError(what)
 
 
 @pytest.mark.parametrize("what", ["missing_batch", "bad_token", "short_bin", "odd_bin", "no_label",
-                                  "bad_label_line", "empty_folder", "extra_batch", "nan"])
+                                  "bad_label_line", "empty_folder", "extra_batch", "nan", "two_files_one_batch"])
 def test_bad_positional_input_is_refused(tmp_path, what):
     out, labels_file, fragments = break_positional(tmp_path, what)
     assert_refused(run_eval(out, labels_file, tmp_path, "--batch-size", "4"), tmp_path, *fragments)
+
+
+def test_topk_above_the_class_count_is_refused(tmp_path):
+    out, labels_file, _, _ = positional_run(tmp_path, n_images=8, batch_size=4, n_classes=1000)
+    assert_refused(run_eval(out, labels_file, tmp_path, "--batch-size", "4", "--topk", "1001"), tmp_path,
+                   "1000-class outputs cannot score top-1001")
 
 
 def test_bad_manifest_input_is_refused(tmp_path):

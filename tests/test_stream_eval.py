@@ -4,8 +4,9 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_script, write_photo
+from conftest import run_script, write_dark_photo, write_photo
 from convmixer_suite.backends import create_backend
+from convmixer_suite.records import read_records, records_folder
 from convmixer_suite.transform import EvalTransform, list_images, load_batch
 
 BS = 3  # seven photos: the last batch has two padding rows
@@ -92,3 +93,68 @@ def test_missing_inputs_get_one_line_naming_them(tmp_path, small_onnx, photo_fol
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and re.search(message, result.stderr)
     assert not (tmp_path / "result" / f"result_bs{BS}.json").exists()
+
+
+def stops_at_the_dark_photo(result, out, records):
+    """What a stream run of nan_onnx must do with a black 5th photo (batch 1 at batch size 3): one line naming the
+    photo and the count, no JSON, batch 0 recorded and batch 1 not."""
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "convmixer_stream_eval.py: error: ILSVRC2012_val_00000005.JPEG (batch 1): 1000 of 3000 output values are not "
+        "finite (NaN or infinite), in 1 image(s); nothing recorded for this batch and no JSON written; the batches "
+        "before it stay recorded for a rerun of the same run (another model starts over with --fresh)")
+    assert not list(out.glob("*.json"))
+    recorded = sorted(r["image"] for r in records())
+    assert recorded == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
+
+
+def test_logits_that_are_not_finite_stop_the_local_stream_naming_the_image(tmp_path, nan_onnx, photo_folder,
+                                                                           labelled):
+    write_dark_photo(photo_folder / "ILSVRC2012_val_00000005.JPEG")
+    out = tmp_path / "out"
+    result = stream_eval(nan_onnx, photo_folder, labelled, out, "--record-every", "0")
+    stops_at_the_dark_photo(result, out, lambda: recorded_images(out))
+    rerun = stream_eval(nan_onnx, photo_folder, labelled, out, "--record-every", "0")  # resumes at batch 1
+    assert "resuming: 1 batches already recorded" in rerun.stderr and rerun.stdout.count("Inference time:") == 0
+    stops_at_the_dark_photo(rerun, out, lambda: recorded_images(out))
+
+
+def recorded_images(out) -> list:
+    """The per-image records a stream run left in out/result_bs3_records/."""
+    return read_records(records_folder(out / f"result_bs{BS}.json"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine", "ray", "--workers", "2"], "--workers sets the local engine's decode processes; with --engine ray, "
+                                             "Ray runs decode tasks on the CPUs it has"),
+    (["--max-logit-error", "-1"], "argument --max-logit-error: must be a number of at least 0, got -1"),
+])
+def test_conflicting_or_bad_flags_are_one_line(tmp_path, small_onnx, photo_folder, labelled, extra, message):
+    result = run_script("convmixer_stream_eval.py", "--model", small_onnx, "--image-path", photo_folder,
+                        "--annotation-file-path", labelled, "--result-json-path", tmp_path / "out",
+                        "--json-file-name", "r.json", *extra)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"convmixer_stream_eval.py: error: {message}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reduced_precision_loads_its_model_once_and_never_forks_after(tmp_path, small_onnx, photo_folder, labelled,
+                                                                         calib_dir, monkeypatch):
+    """The fidelity gate loads the int8 model: the local engine runs that one (not a second load) and spawns its
+    decode workers, as a process that runs a runtime must; fp32 forks them before its model loads."""
+    import convmixer_stream_eval
+    from convmixer_suite import stream
+    from convmixer_suite.run_config import RunConfig
+    events = []
+    create, context = RunConfig.create_backend, stream.get_context
+    monkeypatch.setattr(RunConfig, "create_backend", lambda self, **kw: events.append(f"load {self.precision}")
+                        or create(self, **kw))
+    monkeypatch.setattr(stream, "get_context", lambda method: events.append(f"pool {method}") or context(method))
+    args = ["--model", str(small_onnx), "--image-path", str(photo_folder), "--annotation-file-path", str(labelled),
+            "--json-file-name", "r.json", "--backend", "onnxruntime", "--batch-size", "3", "--workers", "1"]
+    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "int8"), "--precision", "int8",
+                                              "--calib", str(calib_dir)]) == 0
+    assert events == ["load int8", "pool spawn"]
+    events.clear()
+    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "fp32")]) == 0
+    assert events == ["pool fork", "load fp32"]
