@@ -38,6 +38,7 @@ FRAMEWORKS = {"torch": ("PyTorch", "torch"), "onnxruntime": ("ONNX Runtime", "on
 # The distributions a run depends on, pinned in src/requirements.txt at the versions installed.
 DISTRIBUTIONS = ("torch", "onnx", "onnxruntime", "numpy", "Pillow", "openvino", "nncf", "mlcommons-loadgen")
 NOT_APPLICABLE = "N/A"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def write_file(path: Path, text: str) -> None:
@@ -178,9 +179,11 @@ def scenario_readme(model, scenario, config, system, weights, performance, accur
 
 
 def project_commit() -> str:
-    """The git commit of the checkout the benchmark ran from (``unknown`` outside one)."""
+    """The git commit of the checkout the benchmark ran from, ``-dirty`` with uncommitted changes (``unknown``
+    outside a checkout)."""
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        found = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"],
+                               cwd=Path(__file__).resolve().parent,
                                capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -191,6 +194,8 @@ def write_src(root: Path, argv) -> None:
     """src/: the command that made this submission, the commit it ran from, the pinned requirements."""
     command = shlex.join(["python3", "test/benchmark.py", *map(str, argv)])
     pins = [f"{d}=={v}" for d in DISTRIBUTIONS if (v := installed_version(d))]
+    if any("+cpu" in pin for pin in pins):  # PyTorch's CPU builds come from its own index
+        pins.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
     write_file(root / "src" / "requirements.txt", "\n".join(pins) + "\n")
     write_file(root / "src" / "README.md", "\n".join([
         "# How these results were made", "",

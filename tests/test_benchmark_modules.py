@@ -78,10 +78,10 @@ def test_val_map_and_the_submission_layout(tmp_path):
     system = ml.system_name(ml.cpu_hardware_name({"model_name": "AMD EPYC 9R45", "family": "26", "model": "2",
                                                   "logical_cpus": 2}), "openvino-int8")
     assert system == "AMD_EPYC_9R45_f26m2_2cpus_openvino-int8"
-    assert ml.results_dir("o", system, "convmixer_1536_20", "Offline") == \
-        Path("o/results") / system / "convmixer_1536_20/Offline/performance/run_1"
-    assert ml.results_dir("o", system, "m", "Offline", accuracy=True) == Path("o/results") / system / "m/Offline/accuracy"
-    assert ml.measurements_dir("o", system, "m", "Server") == Path("o/measurements") / system / "m/Server"
+    assert ml.results_dir("r", system, "convmixer_1536_20", "Offline") == \
+        Path("r") / system / "convmixer_1536_20/Offline/performance/run_1"
+    assert ml.results_dir("r", system, "m", "Offline", accuracy=True) == Path("r") / system / "m/Offline/accuracy"
+    assert ml.scenario_dir("r", system, "m", "Server") == Path("r") / system / "m/Server"
 
 
 def test_settings_come_from_mlperf_conf_and_our_user_conf(tmp_path):
@@ -180,7 +180,7 @@ def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
 def test_server_final_run_is_repeated_at_half_the_qps_while_its_bound_fails(tmp_path):
     """A short bisection step can pass by luck: the long final run that fails its bound is kept under
     bisection/ and repeated at half the QPS, at most FINAL_ATTEMPTS runs in all."""
-    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    harness = lh.Harness(tmp_path, tmp_path / "results", "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
     verdicts = iter(["NO", "NO", "Yes"])
     tried = []
 
@@ -220,7 +220,7 @@ def test_a_performance_sample_count_above_the_images_repeats_them():
 def test_a_run_that_outran_its_expectation_is_rerun_with_a_faster_one(tmp_path):
     """LoadGen generates the queries from the expected rate: a run that left its minimum duration unfilled is
     run again expecting LoadGen's measured rate or twice the last expectation, at most SIZING_RUNS times."""
-    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    harness = lh.Harness(tmp_path, tmp_path / "results", "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
     expected, filled = [], iter(["NO", "NO", "Yes"])
 
     def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
@@ -250,7 +250,7 @@ def test_submission_durations_leave_mlperf_conf_its_600_s():
     spec.loader.exec_module(cli)
     quick = loadgen_settings(cli.parse_args(["--quick", "--out", "o"]))
     assert (quick.min_duration_ms, quick.min_query_count, quick.server_queries) == (200, 64, 1024)
-    assert quick.performance_sample_count is None
+    assert quick.performance_sample_count == 1024  # MLPerf's: the QSL repeats the images it holds
     full = loadgen_settings(cli.parse_args(["--quick", "--out", "o", "--submission-durations", "--server-steps", "4"]))
     assert full.min_duration_ms is None and full.min_query_count is None and full.server_queries is None
     assert (full.performance_sample_count, full.offline_min_query_count) == (1024, 24_576)
