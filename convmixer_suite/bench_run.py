@@ -4,6 +4,7 @@ the optional layer profile, the LoadGen runs and the two pipeline checks; return
 Also the engines check (local streaming against Ray Data)."""
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def loadgen_runs(args, backends, pictures, rows, spec, machine, run_configs, wei
     out, hardware = Path(args.out), args.system_name or cpu_hardware_name(machine)
     submission = args.submission_layout == "open"
     root = sub.results_root(out, args.submitter) if submission else out / "loadgen"
+    for stale in (root.parent if submission else root, out / "accuracy_logs"):
+        if stale.exists():  # never mix an earlier run's systems and logs into this one's
+            log(f"==> removing {stale} of an earlier run")
+            shutil.rmtree(stale)
     harness = lh.Harness(out, root, hardware, spec.name, loadgen_settings(args), log)
     data = inputs.accuracy_set(args.images, args.labels) if args.loadgen_accuracy else None
     performance, accuracy = lh.run_scenarios(harness, backends, pictures, rows, args.scenarios or ["Offline"], data,

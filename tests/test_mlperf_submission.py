@@ -54,6 +54,8 @@ def submission(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("submission")
     data = write_sample_dataset(tmp / "data", NUM_IMAGES)
     out = tmp / "bench"
+    stale = out / "open" / SUBMITTER / "results" / "an-earlier-run_torch-fp32" / "m" / "Offline"
+    stale.mkdir(parents=True)  # an earlier run's results: removed, never mixed into this one's
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--configs", "onnxruntime-fp32",
                         "--batch-sizes", "1,2", "--scenarios", "SingleStream,Offline", "--loadgen-accuracy",
                         "--images", data / "val", "--labels", data / "val_label.txt", "--no-ceiling",
@@ -78,6 +80,7 @@ def test_the_tree_has_the_checkers_folders_and_model_mapping(submission):
     assert "python3 test/benchmark.py --quick" in src["README.md"] and f"--submitter {SUBMITTER}" in src["README.md"]
     systems = {p.name for p in (root / "results").iterdir()}
     assert systems == {f"{SYSTEM}_torch-fp32", f"{SYSTEM}_onnxruntime-fp32"}  # a system per configuration
+    assert f"removing {out / 'open' / SUBMITTER} of an earlier run" in stdout
     assert {p.stem for p in (root / "systems").iterdir()} == systems
     found = [p.relative_to(root / "results").parts for p in scenario_dirs(root)]
     assert sorted(found) == sorted((s, report["arch"], c) for s in systems for c in ("SingleStream", "Offline"))
