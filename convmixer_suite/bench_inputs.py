@@ -128,14 +128,14 @@ def load_configs(runs: dict, log=print) -> tuple:
 
 
 def accuracy_set(images, labels_path):
-    """Every image of ``images`` preprocessed, with its label from ``labels_path`` (val_label.txt), in order."""
+    """Every image of ``images`` with its label from ``labels_path`` (val_label.txt), in order; they are
+    preprocessed as LoadGen loads them."""
     from convmixer_suite.loadgen_harness import AccuracySet
     from convmixer_suite.scoring import image_key, read_labels
-    from convmixer_suite.transform import EvalTransform, list_images, load_batch
+    from convmixer_suite.transform import list_images
     paths, _ = list_images(images)
     labels = read_labels(labels_path)
     missing = [p.name for p in paths if image_key(p.name) not in labels]
     if missing:
         raise UserError(f"{labels_path}: no label for {missing[0]} (and {len(missing) - 1} more images)")
-    batch, _ = load_batch(paths, EvalTransform())
-    return AccuracySet(batch, [p.name for p in paths], [labels[image_key(p.name)] for p in paths])
+    return AccuracySet(paths, [p.name for p in paths], [labels[image_key(p.name)] for p in paths])

@@ -4,6 +4,7 @@ the optional layer profile, the LoadGen runs and the two pipeline checks; return
 Also the engines check (local streaming against Ray Data)."""
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -64,14 +65,32 @@ def loadgen_settings(args):
                               bisection_min_duration_ms=args.loadgen_min_duration_ms)
 
 
-def loadgen_runs(args, backends, pictures, rows, spec, machine, log) -> tuple:
-    """The LoadGen runs (convmixer_suite.loadgen_harness) in MLPerf's layout under ``args.out``."""
+def loadgen_runs(args, backends, pictures, rows, spec, machine, run_configs, weights, log) -> tuple:
+    """The LoadGen runs (convmixer_suite.loadgen_harness) under ``args.out``: with ``--submission-layout open``
+    an open-division submission around them (convmixer_suite.mlperf_submission), else their logs alone in
+    ``loadgen/``. Returns (performance results, accuracy results, the submission's summary or None)."""
     from convmixer_suite import loadgen_harness as lh
+    from convmixer_suite import mlperf_submission as sub
     from convmixer_suite.mlperf_layout import cpu_hardware_name
-    harness = lh.Harness(Path(args.out), cpu_hardware_name(machine), spec.name, loadgen_settings(args), log)
+    out, hardware = Path(args.out), args.system_name or cpu_hardware_name(machine)
+    submission = args.submission_layout == "open"
+    root = sub.results_root(out, args.submitter) if submission else out / "loadgen"
+    for stale in (root.parent if submission else root, out / "accuracy_logs"):
+        if stale.exists():  # never mix an earlier run's systems and logs into this one's
+            log(f"==> removing {stale} of an earlier run")
+            shutil.rmtree(stale)
+    harness = lh.Harness(out, root, hardware, spec.name, loadgen_settings(args), log)
     data = inputs.accuracy_set(args.images, args.labels) if args.loadgen_accuracy else None
-    return lh.run_scenarios(harness, backends, pictures, rows, args.scenarios or ["Offline"], data,
-                            performance=bool(args.scenarios))
+    performance, accuracy = lh.run_scenarios(harness, backends, pictures, rows, args.scenarios or ["Offline"], data,
+                                             performance=bool(args.scenarios))
+    if not submission:
+        return performance, accuracy, None
+    configs = {name: run_configs[name].as_dict() for name in backends}
+    gaps = sub.write_submission(out, args.submitter, hardware, spec.name, machine, configs, weights, performance,
+                                accuracy, args.argv)
+    return performance, accuracy, {"root": str(sub.submission_root(out, args.submitter)),
+                                   "division": sub.DIVISION, "checker_version": sub.CHECKER_VERSION,
+                                   "mlperf_benchmark": sub.MLPERF_BENCHMARK, "checker_will_reject": gaps}
 
 
 def run_benchmark(args, log=print) -> dict:
@@ -100,8 +119,11 @@ def run_benchmark(args, log=print) -> dict:
     ceilings.clear()  # free the ceiling models' memory before the LoadGen runs
     machine = machine_info()
     profile = layer_profile(args.profile, backends, rows, fid, pictures[:1], log) if args.profile else None
-    loadgen, loadgen_accuracy = (loadgen_runs(args, backends, pictures, rows, spec, machine, log)
-                                 if args.scenarios or args.loadgen_accuracy else ([], []))
+    weights = (f"{checkpoint.name}" if args.checkpoint else
+               f"{checkpoint.name} (seeded random weights, seed {args.seed}: not trained)")
+    loadgen, loadgen_accuracy, submission = (
+        loadgen_runs(args, backends, pictures, rows, spec, machine, runs, weights, log)
+        if args.scenarios or args.loadgen_accuracy else ([], [], None))
 
     from convmixer_suite.pipeline_checks import preprocessing_check, streaming_check
     best = fastest_within_limit(rows, fid)
@@ -118,11 +140,13 @@ def run_benchmark(args, log=print) -> dict:
     return {
         "arch": spec.name, "checkpoint": str(checkpoint),
         "weights": "checkpoint " + checkpoint.name if args.checkpoint else f"seeded random weights, seed {args.seed}",
+        "submission": submission,
         "machine": machine, "libraries": library_versions(), "openvino_default_precision": openvino_default_precision(),
         "settings": {"profile": args.profile_name, "configs": args.configs, "batch_sizes": args.batch_sizes,
                      "iters": args.iters, "warmup": args.warmup, "threads": args.threads, "quick": args.quick,
                      "calib": str(calib_dir) if calib_dir else None, "num_calib": args.num_calib,
                      "max_logit_error": args.max_logit_error, "submission_durations": args.submission_durations,
+                     "submission_layout": args.submission_layout,
                      "run_configs": {name: run.as_dict() for name, run in runs.items()}},
         "results": rows, "fidelity": fid, "fastest_within_limit_batch_1": best["config"] if best else None,
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images

@@ -14,7 +14,9 @@ report carries its ``Result is`` line and figures exactly as LoadGen printed the
   (each step's logs kept) for the highest whose 99th percentile latency stays under a bound, then one run at
   that QPS long enough (``server_queries``) for LoadGen's early-stopping estimate (at half the QPS again, up to
   ``FINAL_ATTEMPTS`` runs, should the bound fail over the longer run).
-- AccuracyOnly: every image of the accuracy set once; ``val_map.txt`` and ``accuracy.txt`` beside the log.
+- AccuracyOnly: every image of the accuracy set once (a whole dataset folder: the images are preprocessed as
+  LoadGen loads each set of samples, never all at once); ``accuracy.txt`` beside the log, which is then cut to
+  the checker's size where it is larger, the full log kept with ``val_map.txt`` outside the submission.
 """
 import array
 import math
@@ -56,7 +58,7 @@ class LoadGenSettings:
     steps before it run ``bisection_min_duration_ms`` each."""
     min_duration_ms: "int | None" = 10_000
     min_query_count: "int | None" = 64
-    performance_sample_count: "int | None" = None  # None: every image of the QSL
+    performance_sample_count: "int | None" = 1024  # MLPerf's for ResNet-50 (the QSL repeats the images); None: N
     offline_min_query_count: "int | None" = None
     server_queries: "int | None" = 1024
     server_latency_ms: "float | None" = None  # None: 3x the configuration's own batch-1 latency
@@ -64,10 +66,10 @@ class LoadGenSettings:
     bisection_min_duration_ms: int = 10_000
 
 
-# MLPerf's own minimums for a ResNet-50-class model (the submission rules): 600 s from mlperf.conf,
-# performance_sample_count 1024 and Offline's 24576 samples.
-SUBMISSION = dict(min_duration_ms=None, min_query_count=None, performance_sample_count=1024,
-                  offline_min_query_count=24_576, server_queries=None)
+# MLPerf's own minimums for a ResNet-50-class model (the submission rules): 600 s from mlperf.conf and Offline's
+# 24576 samples (its performance_sample_count, 1024, is every run's).
+SUBMISSION = dict(min_duration_ms=None, min_query_count=None, offline_min_query_count=24_576, server_queries=None)
+ACCURACY_LOAD_SET = 1024  # an accuracy run's images preprocessed and held at a time
 
 
 @dataclass
@@ -108,6 +110,33 @@ class QuerySampleLibrary:
 
     def _unload(self, indices):
         pass
+
+
+class AccuracyQSL:
+    """The images of an accuracy run, preprocessed when LoadGen loads a set of them and dropped when it
+    unloads it, so that a whole dataset folder (ImageNet's 50,000) never sits in memory at once."""
+
+    def __init__(self, lg, data: "AccuracySet"):
+        from convmixer_suite.transform import EvalTransform
+        self.paths, self.transform, self.loaded, self.error = list(data.paths), EvalTransform(), {}, None
+        count = len(self.paths)
+        self.handle = lg.ConstructQSL(count, min(count, ACCURACY_LOAD_SET), self._load, self._unload)
+
+    def batch(self, indices) -> np.ndarray:
+        return np.stack([self.loaded[i] for i in indices])
+
+    def _load(self, indices):
+        from convmixer_suite.transform import load_batch
+        try:
+            batch, _ = load_batch([self.paths[i] for i in indices], self.transform)
+        except Exception as exc:  # kept and raised after the run: an exception must not cross into LoadGen
+            self.error = self.error or exc
+            return
+        self.loaded.update(zip(indices, batch))
+
+    def _unload(self, indices):
+        for i in indices:
+            self.loaded.pop(i, None)
 
 
 class BackendSUT:
@@ -195,10 +224,11 @@ def test_settings(lg, scenario, user_conf, model, accuracy=False):
     return ts
 
 
-def run_scenario(backend, images, config, scenario, log_dir, user_conf, model, *, batch_size=1, accuracy=False,
+def run_scenario(backend, images, config, scenario, log_dir, user_conf, model, *, batch_size=1, accuracy=None,
                  performance_sample_count=None) -> ScenarioResult:
     """One LoadGen run of ``scenario`` on ``backend`` with the settings of ``user_conf``; logs into
-    ``log_dir`` (emptied first)."""
+    ``log_dir`` (emptied first). ``accuracy`` (an AccuracySet): an AccuracyOnly run on its images instead of a
+    performance run on ``images``."""
     if scenario not in SCENARIOS:
         raise UserError(f"--scenarios: unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
     lg = import_loadgen()
@@ -206,23 +236,24 @@ def run_scenario(backend, images, config, scenario, log_dir, user_conf, model, *
     if log_dir.exists():
         shutil.rmtree(log_dir)  # never mix a previous run's logs into this one's
     log_dir.mkdir(parents=True)
-    ts = test_settings(lg, scenario, user_conf, model, accuracy=accuracy)
+    ts = test_settings(lg, scenario, user_conf, model, accuracy=accuracy is not None)
     log = lg.LogSettings()
     log.log_output.outdir = str(log_dir)
     log.log_output.copy_summary_to_stdout = False
     log.enable_trace = False  # as the vision reference runs without --debug: the trace is large, no tool reads it
-    qsl = QuerySampleLibrary(lg, images, None if accuracy else performance_sample_count)
+    qsl = QuerySampleLibrary(lg, images, performance_sample_count) if accuracy is None else AccuracyQSL(lg, accuracy)
     sut = BackendSUT(lg, backend, qsl, batch_size if scenario == "Offline" else 1)
     try:
         lg.StartTestWithLogSettings(sut.handle, qsl.handle, ts, log)
     finally:
         sut.close()
         lg.DestroyQSL(qsl.handle)
-    if sut.error is not None:
-        raise sut.error
+    for error in (getattr(qsl, "error", None), sut.error):  # an image that failed to load comes first
+        if error is not None:
+            raise error
     summary = read_summary(log_dir / "mlperf_log_summary.txt")
     figures = {key: summary[key] for key in SUMMARY_FIGURES[scenario] if key in summary}
-    run_settings = {"mode": "AccuracyOnly" if accuracy else "PerformanceOnly", "batch_size": sut.batch_size,
+    run_settings = {"mode": "PerformanceOnly" if accuracy is None else "AccuracyOnly", "batch_size": sut.batch_size,
                     "user_conf": str(user_conf), "min_duration_ms": ts.min_duration_ms,
                     "min_query_count": ts.min_query_count}
     if scenario == "Server":
@@ -277,17 +308,20 @@ def step_dict(run: ScenarioResult) -> dict:
 
 @dataclass(frozen=True)
 class AccuracySet:
-    """The images of an AccuracyOnly run, preprocessed, with their file names and labels (QSL order)."""
-    images: np.ndarray
+    """The images of an AccuracyOnly run (their paths; QSL order) with their file names and labels."""
+    paths: list
     names: list
     labels: list
 
 
 @dataclass
 class Harness:
-    """Every LoadGen run of one benchmark: where it writes (``out``, in MLPerf's layout), under which system
-    name (``hardware`` plus the configuration) and model name, with which settings."""
+    """Every LoadGen run of one benchmark: where it writes (``results_root``: the submission's results folder,
+    in MLPerf's layout; ``out``: what stays outside the submission, the Server search's steps and the full
+    accuracy logs), under which system name (``hardware`` plus the configuration) and model name, with which
+    settings."""
     out: Path
+    results_root: Path
     hardware: str
     model: str
     settings: LoadGenSettings
@@ -299,14 +333,14 @@ class Harness:
 
     def folders(self, config, scenario, accuracy=False):
         system = layout.system_name(self.hardware, config)
-        return (layout.results_dir(self.out, system, self.model, scenario, accuracy),
-                layout.measurements_dir(self.out, system, self.model, scenario) / layout.USER_CONF)
+        return (layout.results_dir(self.results_root, system, self.model, scenario, accuracy),
+                layout.scenario_dir(self.results_root, system, self.model, scenario) / layout.USER_CONF)
 
-    def run(self, backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
-        log_dir, conf_path = self.folders(config, scenario, accuracy)
+    def run(self, backend, images, config, scenario, conf, batch_size, accuracy=None, folder=None):
+        log_dir, conf_path = self.folders(config, scenario, accuracy is not None)
         if folder is not None:  # a Server bisection step: logs and user.conf of its own
             log_dir, conf_path = folder, folder.parent / f"{folder.name}.user.conf"
-        if not (accuracy and conf_path in self.written):  # an accuracy run takes its performance run's user.conf
+        if not (accuracy is not None and conf_path in self.written):  # the performance run's user.conf stays
             self.written.add(write_user_conf(conf_path, self.model, scenario, conf))
         return run_scenario(backend, images, config, scenario, log_dir, conf_path, self.model,
                             batch_size=batch_size, accuracy=accuracy,
@@ -385,17 +419,22 @@ class Harness:
             qps /= 2
 
     def accuracy(self, backend, data: AccuracySet, config, scenario, rows) -> dict:
-        """An AccuracyOnly run on ``data``; val_map.txt and accuracy.txt beside LoadGen's accuracy log."""
+        """An AccuracyOnly run on ``data``; accuracy.txt beside LoadGen's accuracy log, which is then cut to the
+        checker's size where it is larger; the full log and val_map.txt in ``out``/accuracy_logs/."""
         latency_ms, best_batch, best_qps = measured_rates(rows, config)
         self.log(f"==> LoadGen {scenario} accuracy run on {config}: {len(data.names)} images")
         conf = scenario_conf(self.settings, scenario, latency_ms=latency_ms, throughput_qps=best_qps,
                              server_qps=self.server_qps.get(config, best_qps))
-        run = self.run(backend, data.images, config, scenario, conf, best_batch, accuracy=True)
-        layout.write_val_map(run.log_dir, data.names, data.labels)
+        run = self.run(backend, None, config, scenario, conf, best_batch, accuracy=data)
+        full_dir = Path(self.out) / "accuracy_logs" / layout.system_name(self.hardware, config) / self.model / scenario
+        layout.keep_full_accuracy_log(run.log_dir, full_dir)
+        layout.write_val_map(full_dir, data.names, data.labels)
         scored = layout.write_accuracy_txt(run.log_dir, data.labels)
-        self.log(f"    {scored['accuracy_line']}")
-        return {"config": config, "scenario": scenario, "log_dir": run.log_dir, "result": run.result,
-                "num_images": scored["total"], "top1": scored["good"] / scored["total"], **scored}
+        truncated = layout.truncate_accuracy_log(run.log_dir)
+        self.log(f"    {scored['accuracy_line']}" + ("; the log cut to the checker's size" if truncated else ""))
+        return {"config": config, "scenario": scenario, "log_dir": run.log_dir, "full_log_dir": str(full_dir),
+                "log_truncated": truncated, "result": run.result, "num_images": scored["total"],
+                "top1": scored["good"] / scored["total"], **scored}
 
 
 def run_scenarios(harness: Harness, backends: dict, images, rows, scenarios, accuracy: "AccuracySet | None" = None,

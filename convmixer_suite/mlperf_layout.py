@@ -1,29 +1,37 @@
 """The files MLPerf Inference's own tools read, written the way they expect them.
 
-- Folders (the submission checker's layout, ``tools/submission/``): LoadGen's logs of a performance run in
-  ``results/<system>/<model>/<scenario>/performance/run_1/``, of an accuracy run in
-  ``results/<system>/<model>/<scenario>/accuracy/``; the ``user.conf`` a run used in
-  ``measurements/<system>/<model>/<scenario>/``.
+- Folders (the layout of the submission checker's v6.1 rules, ``tools/submission/``, docs/formats.md): under a
+  results root (``open/<submitter>/results``), LoadGen's logs of a performance run in
+  ``<system>/<model>/<scenario>/performance/run_1/``, of an accuracy run in ``<system>/<model>/<scenario>/accuracy/``
+  (those two logs, ``mlperf_log_accuracy.json`` and ``accuracy.txt``, nothing else); the ``user.conf`` the runs
+  used beside them, in ``<system>/<model>/<scenario>/``.
 - ``user.conf``: ``model.scenario.key = value`` lines, read by ``TestSettings.FromConfig`` over LoadGen's
   built-in ``mlperf.conf``.
 - ``val_map.txt``: ``<image> <label>`` a line, line number = the QSL index, as ``tools/accuracy-imagenet.py``
-  reads it (``--imagenet-val-file``).
+  reads it (``--imagenet-val-file``); kept outside the submission with the full accuracy log (the checker's
+  accuracy folder holds nothing else).
 - ``accuracy.txt``: that script's output line (``accuracy=76.456%, good=38228, total=50000``) and
   ``hash=<sha256 of mlperf_log_accuracy.json>``, as the checker wants it.
+- An accuracy log over the checker's size limit is cut as ``tools/submission/truncate_accuracy_log.py`` cuts it:
+  its first and last 4096 bytes around a ``...`` line; the hash in accuracy.txt stays the full log's.
 """
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.cli import UserError, write_text_atomic
+from convmixer_suite.cli import UserError, atomic_path, write_bytes_atomic, write_text_atomic
 from convmixer_suite.records import file_sha256
 
 ACCURACY_LOG = "mlperf_log_accuracy.json"
 VAL_MAP = "val_map.txt"
 ACCURACY_TXT = "accuracy.txt"
 USER_CONF = "user.conf"
+MAX_ACCURACY_LOG_BYTES = 10 * 1024  # the checker's limit: a larger accuracy log is "not truncated"
+TRUNCATED_KEPT_BYTES = 4096  # truncate_accuracy_log.py keeps this much from the start and from the end
+TRUNCATION_MARK = b"\n\n...\n\n"
 
 
 def system_name(hardware: str, config: str) -> str:
@@ -39,13 +47,14 @@ def cpu_hardware_name(info: dict) -> str:
     return f"{info.get('model_name') or 'unknown CPU'}{where} {info.get('logical_cpus')}cpus"
 
 
-def results_dir(out, system: str, model: str, scenario: str, accuracy: bool = False) -> Path:
-    folder = Path(out) / "results" / system / model / scenario
+def scenario_dir(root, system: str, model: str, scenario: str) -> Path:
+    """``<root>/<system>/<model>/<scenario>``: a scenario's logs, user.conf, measurements.json and README.md."""
+    return Path(root) / system / model / scenario
+
+
+def results_dir(root, system: str, model: str, scenario: str, accuracy: bool = False) -> Path:
+    folder = scenario_dir(root, system, model, scenario)
     return folder / "accuracy" if accuracy else folder / "performance" / "run_1"
-
-
-def measurements_dir(out, system: str, model: str, scenario: str) -> Path:
-    return Path(out) / "measurements" / system / model / scenario
 
 
 def user_conf_text(model: str, scenario: str, settings: dict) -> str:
@@ -91,3 +100,24 @@ def write_accuracy_txt(folder, labels) -> dict:
     digest = file_sha256(Path(folder) / ACCURACY_LOG)
     write_text_atomic(Path(folder) / ACCURACY_TXT, f"{line}\nhash={digest}\n")
     return {"good": good, "total": total, "accuracy_line": line, "accuracy_log_sha256": digest}
+
+
+def truncate_accuracy_log(folder) -> bool:
+    """Cut ``folder``'s accuracy log to its first and last 4096 bytes when it is over the checker's limit (call
+    it after accuracy.txt holds the full log's hash). Returns whether it was cut."""
+    path = Path(folder) / ACCURACY_LOG
+    data = path.read_bytes()
+    if len(data) <= MAX_ACCURACY_LOG_BYTES:
+        return False
+    write_bytes_atomic(path, data[:TRUNCATED_KEPT_BYTES] + TRUNCATION_MARK + data[-TRUNCATED_KEPT_BYTES:])
+    return True
+
+
+def keep_full_accuracy_log(folder, keep_dir) -> Path:
+    """A copy of ``folder``'s accuracy log in ``keep_dir`` (outside the submission), before it is cut."""
+    keep_dir = Path(keep_dir)
+    keep_dir.mkdir(parents=True, exist_ok=True)
+    target = keep_dir / ACCURACY_LOG
+    with atomic_path(target) as tmp:
+        shutil.copyfile(Path(folder) / ACCURACY_LOG, tmp)
+    return target

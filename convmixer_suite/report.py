@@ -94,8 +94,9 @@ def loadgen_markdown(report) -> list:
     """LoadGen's verdict and figures for each configuration and scenario, as LoadGen printed them."""
     lines = []
     if report["loadgen"]:
-        lines += ["", "MLPerf LoadGen (logs in MLPerf's layout: results/<system>/<model>/<scenario>/performance/run_1/, "
-                  "user.conf in measurements/<system>/<model>/<scenario>/; figures as LoadGen printed them):", "",
+        where = f"{report['submission']['root']}/results/" if report.get("submission") else "loadgen/"
+        lines += ["", f"MLPerf LoadGen (logs in {where}<system>/<model>/<scenario>/performance/run_1/, beside the "
+                  "user.conf they used; figures as LoadGen printed them):", "",
                   "| configuration | scenario | Result is | LoadGen's figures | settings |", "|---|---|---|---|---|"]
         for r in report["loadgen"]:
             figures = "; ".join(f"{k}: {v}" for k, v in r["figures"].items())
@@ -108,7 +109,7 @@ def loadgen_markdown(report) -> list:
             lines.append(f"| {display_name(r['config'], report)} | {r['scenario']} | {r['result']} | {figures} | {extra} |")
     if report["loadgen_accuracy"]:
         lines += ["", "LoadGen accuracy runs (AccuracyOnly: each image answered with its class; accuracy.txt as "
-                  "MLPerf's accuracy-imagenet.py scores it, beside val_map.txt):", "",
+                  "MLPerf's accuracy-imagenet.py scores the full log, in accuracy_logs/ beside val_map.txt):", "",
                   "| configuration | scenario | images | accuracy.txt |", "|---|---|---:|---|"]
         lines += [f"| {display_name(r['config'], report)} | {r['scenario']} | {r['num_images']} | {r['accuracy_line']} |"
                   for r in report["loadgen_accuracy"]]

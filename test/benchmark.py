@@ -11,19 +11,22 @@ the model's pointwise convolutions alone (convmixer_suite.ceiling); fidelity aga
 (default: generated pictures), a configuration beyond ``--max-logit-error`` marked so (convmixer_suite.bench_fidelity);
 then streaming and preprocessing checks (convmixer_suite.pipeline_checks). ``--scenarios`` runs every
 configuration under MLPerf LoadGen (convmixer_suite.loadgen_harness) with LoadGen's mlperf.conf plus our
-user.conf, in MLPerf's submission layout under ``--out`` (results/<system>/<model>/<scenario>/…,
-measurements/…/user.conf); ``--loadgen-accuracy`` adds AccuracyOnly runs with val_map.txt and accuracy.txt
-as MLPerf's accuracy script reads and writes them. ``--profile`` adds a layer-by-layer profile.
+user.conf, as an open-division submission under ``--out`` (open/<submitter>/{results,systems,src,
+model_mapping.json}, the submission checker's v6.1 layout; convmixer_suite.mlperf_submission);
+``--loadgen-accuracy`` adds AccuracyOnly runs with accuracy.txt (and val_map.txt beside the full log, in
+accuracy_logs/) as MLPerf's accuracy script reads and writes them. ``--profile`` adds a layer-by-layer profile.
 Writes benchmark.json, benchmark-<hardware>.csv, benchmark.md (convmixer_suite.report) and
 benchmark_throughput.png (convmixer_suite.plot; matplotlib, optional) into ``--out`` (default:
 docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cached in ``--work``.
 """
 import argparse
+import sys
 import time
 
 from convmixer_suite.benchmark_configs import CONFIGS, PROFILES, REFERENCE
 from convmixer_suite.cli import UserError, run_main
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR, logit_error_limit
+from convmixer_suite.mlperf_submission import DEFAULT_SUBMITTER, check_name
 
 
 def parse_args(argv):
@@ -53,6 +56,12 @@ def parse_args(argv):
     add("--scenarios", default="", help="MLPerf LoadGen scenarios, comma-separated: SingleStream, Offline, Server")
     add("--submission-durations", action="store_true", help="LoadGen runs of MLPerf's minimum durations "
         "(mlperf.conf's 600 s, performance_sample_count 1024, Offline 24576 samples) instead of the short ones")
+    add("--submission-layout", choices=("open", "none"), default="open",
+        help="open (default): the LoadGen runs as an open-division MLPerf submission in <out>/open/<submitter>/; "
+             "none: LoadGen's logs alone in <out>/loadgen/")
+    add("--submitter", default=DEFAULT_SUBMITTER, help=f"the submission's organization (default {DEFAULT_SUBMITTER})")
+    add("--system-name", help="the system's name in the submission, before the configuration "
+                              "(default: the CPU's model name and logical CPU count)")
     add("--server-latency-ms", type=float, help="Server: the p99 latency bound (default 3x batch-1 latency)")
     add("--server-steps", type=int, help="Server: short LoadGen runs of the QPS bisection (default 5; 3 quick)")
     add("--server-queries", type=int, help="Server: queries of the final run at the QPS found, for LoadGen's "
@@ -76,6 +85,7 @@ def parse_args(argv):
     add("--engines-config", default="onnxruntime-fp32",
         help=f"configuration of the engines check (default onnxruntime-fp32; from: {', '.join(CONFIGS)})")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.profile_name = "quick" if args.quick else "default"
     for key, value in PROFILES[args.profile_name].items():
         if getattr(args, key) is None:
@@ -98,6 +108,9 @@ def check_args(args):
     if args.warmup < 0:
         raise UserError("--warmup must be at least 0")
     args.scenarios = parse_scenarios(args.scenarios)
+    check_name(args.submitter, "--submitter")
+    if args.system_name is not None:
+        check_name(args.system_name, "--system-name")
     if args.loadgen_accuracy and not (args.images and args.labels):
         raise UserError("--loadgen-accuracy needs --images (photos) and --labels (their val_label.txt)")
     if args.out is None:
@@ -126,6 +139,17 @@ def parse_int_list(text, flag) -> list:
     return values
 
 
+def print_submission(submission):
+    """Where the MLPerf submission is and what its checker will still reject."""
+    if submission is None:
+        return
+    print(f"MLPerf {submission['division']}-division submission (checker {submission['checker_version']} "
+          f"layout, mapped onto {submission['mlperf_benchmark']}): {submission['root']}")
+    for where, gaps in submission["checker_will_reject"].items():
+        for gap in gaps:
+            print(f"notice: {where}: {gap}")
+
+
 def log(line):
     print(line, flush=True)
 
@@ -148,6 +172,7 @@ def main(argv=None):
     paths = write_report(report, out)
     plot = write_plot(report, out / "benchmark_throughput.png")
     print(markdown(report))
+    print_submission(report["submission"])
     if plot is None:
         print("notice: matplotlib is not installed (pip install -r requirements-bench.txt); no plot written")
     print(f"wrote {', '.join(map(str, paths + [plot] * bool(plot)))} in {time.perf_counter() - started:.0f} s")

@@ -127,6 +127,8 @@ def test_loadgen_singlestream_and_offline_are_valid_with_their_logs(quick_report
         assert run["result"] == "VALID", run
         folder = Path(run["log_dir"])  # MLPerf's layout: results/<system>/<model>/<scenario>/performance/run_1
         assert folder.parts[-6:] == ("results", folder.parts[-5], report["arch"], scenario, "performance", "run_1")
+        gaps = report["submission"]["checker_will_reject"][f"{folder.parts[-5]}/{report['arch']}/{scenario}"]
+        assert any(gap.startswith("no accuracy run") for gap in gaps)  # said, not hidden
         assert folder.parts[-5].endswith("_" + config) and folder.is_relative_to(out)
         summary = (folder / "mlperf_log_summary.txt").read_text()
         assert (folder / "mlperf_log_detail.txt").is_file() and "Result is : VALID" in summary
@@ -152,20 +154,22 @@ def test_the_cpu_is_named_with_its_flags(quick_report):
 
 def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, small_model, photo_folder):
     """Server: each bisection step's logs are kept, then the final run at the QPS found; AccuracyOnly: the logged
-    classes give the top-1 that preprocess -> infer -> convmixer_eval_acc.py gives on the same photos."""
+    classes give the top-1 that preprocess -> infer -> convmixer_eval_acc.py gives on the same photos.
+    ``--submission-layout none``: LoadGen's logs alone in loadgen/, no submission around them."""
     labels, paths = labels_partly_as_predicted(small_model, photo_folder, tmp_path / "val_label.txt", 4)
     out = tmp_path / "bench"
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
                         "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "Server",
                         "--server-steps", 2, "--server-queries", 100, "--loadgen-accuracy", "--images", photo_folder,
-                        "--labels", labels,
+                        "--labels", labels, "--submission-layout", "none",
                         "--prep-images", 4, "--stream-images", 2)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((out / "benchmark.json").read_text())
+    assert report["submission"] is None and not (out / "open").exists() and "MLPerf open" not in result.stdout
     for run in report["loadgen"]:
         assert run["scenario"] == "Server" and 1 <= len(run["bisection"]) <= 2
         folder = Path(run["log_dir"])
-        assert folder.parts[-3:] == ("Server", "performance", "run_1")
+        assert folder.relative_to(out / "loadgen").parts[1:] == (report["arch"], "Server", "performance", "run_1")
         for step in run["bisection"]:  # every step's logs kept
             assert f"Result is : {step['result']}" in (Path(step["log_dir"]) / "mlperf_log_summary.txt").read_text()
         assert run["chosen_step_dir"] in [step["log_dir"] for step in run["bisection"]]

@@ -1,6 +1,7 @@
 """The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
-bisection's logic, user.conf read through FromConfig; mlperf_layout: the accuracy log read back, accuracy.txt,
-val_map.txt, the submission folders), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
+bisection's logic, user.conf read through FromConfig, the accuracy QSL's lazy loading; mlperf_layout: the
+accuracy log read back and cut, accuracy.txt, val_map.txt, the submission folders; mlperf_submission: what the
+checker will reject), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
 the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
 import json
 from pathlib import Path
@@ -78,10 +79,10 @@ def test_val_map_and_the_submission_layout(tmp_path):
     system = ml.system_name(ml.cpu_hardware_name({"model_name": "AMD EPYC 9R45", "family": "26", "model": "2",
                                                   "logical_cpus": 2}), "openvino-int8")
     assert system == "AMD_EPYC_9R45_f26m2_2cpus_openvino-int8"
-    assert ml.results_dir("o", system, "convmixer_1536_20", "Offline") == \
-        Path("o/results") / system / "convmixer_1536_20/Offline/performance/run_1"
-    assert ml.results_dir("o", system, "m", "Offline", accuracy=True) == Path("o/results") / system / "m/Offline/accuracy"
-    assert ml.measurements_dir("o", system, "m", "Server") == Path("o/measurements") / system / "m/Server"
+    assert ml.results_dir("r", system, "convmixer_1536_20", "Offline") == \
+        Path("r") / system / "convmixer_1536_20/Offline/performance/run_1"
+    assert ml.results_dir("r", system, "m", "Offline", accuracy=True) == Path("r") / system / "m/Offline/accuracy"
+    assert ml.scenario_dir("r", system, "m", "Server") == Path("r") / system / "m/Server"
 
 
 def test_settings_come_from_mlperf_conf_and_our_user_conf(tmp_path):
@@ -180,7 +181,7 @@ def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
 def test_server_final_run_is_repeated_at_half_the_qps_while_its_bound_fails(tmp_path):
     """A short bisection step can pass by luck: the long final run that fails its bound is kept under
     bisection/ and repeated at half the QPS, at most FINAL_ATTEMPTS runs in all."""
-    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    harness = lh.Harness(tmp_path, tmp_path / "results", "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
     verdicts = iter(["NO", "NO", "Yes"])
     tried = []
 
@@ -220,7 +221,7 @@ def test_a_performance_sample_count_above_the_images_repeats_them():
 def test_a_run_that_outran_its_expectation_is_rerun_with_a_faster_one(tmp_path):
     """LoadGen generates the queries from the expected rate: a run that left its minimum duration unfilled is
     run again expecting LoadGen's measured rate or twice the last expectation, at most SIZING_RUNS times."""
-    harness = lh.Harness(tmp_path, "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
+    harness = lh.Harness(tmp_path, tmp_path / "results", "cpu", "m", lh.LoadGenSettings(), log=lambda line: None)
     expected, filled = [], iter(["NO", "NO", "Yes"])
 
     def fake_run(backend, images, config, scenario, conf, batch_size, accuracy=False, folder=None):
@@ -250,8 +251,58 @@ def test_submission_durations_leave_mlperf_conf_its_600_s():
     spec.loader.exec_module(cli)
     quick = loadgen_settings(cli.parse_args(["--quick", "--out", "o"]))
     assert (quick.min_duration_ms, quick.min_query_count, quick.server_queries) == (200, 64, 1024)
-    assert quick.performance_sample_count is None
+    assert quick.performance_sample_count == 1024  # MLPerf's: the QSL repeats the images it holds
     full = loadgen_settings(cli.parse_args(["--quick", "--out", "o", "--submission-durations", "--server-steps", "4"]))
     assert full.min_duration_ms is None and full.min_query_count is None and full.server_queries is None
     assert (full.performance_sample_count, full.offline_min_query_count) == (1024, 24_576)
     assert (full.bisection_min_duration_ms, full.server_bisection_steps) == (200, 4)
+
+
+def test_an_accuracy_log_over_the_checkers_size_is_cut_as_truncate_accuracy_log_cuts_it(tmp_path):
+    """Its first and last 4096 bytes around a ``...`` line, once accuracy.txt holds the full log's hash; a log
+    within the checker's 10240 bytes stays whole."""
+    import hashlib
+    from convmixer_suite import mlperf_layout as ml
+    entries = [{"seq_id": i, "qsl_idx": i, "data": np.float32(i % 1000).tobytes().hex().upper()} for i in range(400)]
+    log = tmp_path / "accuracy" / ml.ACCURACY_LOG
+    log.parent.mkdir()
+    log.write_text(json.dumps(entries))
+    whole = log.read_bytes()
+    assert len(whole) > ml.MAX_ACCURACY_LOG_BYTES
+    kept = ml.keep_full_accuracy_log(log.parent, tmp_path / "full")
+    ml.write_accuracy_txt(log.parent, [i % 1000 for i in range(400)])
+    assert ml.truncate_accuracy_log(log.parent)
+    assert log.read_bytes() == whole[:4096] + b"\n\n...\n\n" + whole[-4096:] and kept.read_bytes() == whole
+    assert (log.parent / "accuracy.txt").read_text().endswith(f"hash={hashlib.sha256(whole).hexdigest()}\n")
+    log.write_text(json.dumps(entries[:3]))
+    assert not ml.truncate_accuracy_log(log.parent) and log.read_text() == json.dumps(entries[:3])
+
+
+def test_the_accuracy_qsl_preprocesses_only_the_set_loadgen_loads(tmp_path):
+    """A whole dataset folder never sits in memory: images are decoded when LoadGen loads their set and dropped
+    when it unloads it; an image that cannot be read is kept as the run's error, not raised into LoadGen."""
+    from convmixer_suite.demo_data import write_sample_dataset
+    made = {}
+    fake_lg = SimpleNamespace(ConstructQSL=lambda total, performance, load, unload: made.update(
+        total=total, performance=performance, load=load, unload=unload) or "qsl")
+    paths = sorted((write_sample_dataset(tmp_path / "data", 3) / "val").iterdir())
+    qsl = lh.AccuracyQSL(fake_lg, lh.AccuracySet(paths, [p.name for p in paths], [0, 1, 2]))
+    assert (made["total"], made["performance"]) == (3, 3) and qsl.loaded == {}
+    made["load"]([2, 0])
+    assert sorted(qsl.loaded) == [0, 2] and qsl.batch([2, 0]).shape == (2, 3, 224, 224)
+    made["unload"]([2, 0])
+    assert qsl.loaded == {}
+    paths[1].write_bytes(b"not a picture")
+    made["load"]([1])
+    assert qsl.loaded == {} and isinstance(qsl.error, UserError) and paths[1].name in str(qsl.error)
+
+
+def test_a_run_says_what_the_checker_will_reject():
+    from convmixer_suite import mlperf_submission as sub
+    short = {"settings": {"min_duration_ms": 200}}
+    full = {"settings": {"min_duration_ms": 600_000}}
+    assert [g.split(":")[0] for g in sub.checker_gaps(short, None)] == ["SHORT RUN", "no accuracy run"]
+    assert sub.checker_gaps(full, {"num_images": 50_000}) == []
+    assert "covered 16 images" in sub.checker_gaps(full, {"num_images": 16})[0]
+    with pytest.raises(UserError, match="--system-name 'a b'"):
+        sub.check_name("a b", "--system-name")

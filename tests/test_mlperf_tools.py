@@ -39,8 +39,8 @@ def mlperf_accuracy_imagenet(mlperf_accuracy_file, imagenet_val_file, dtype=np.f
 
 
 def test_mlperf_accuracy_script_scores_our_folder_to_our_top1(tmp_path, small_checkpoint, small_model, photo_folder):
-    """The issue's command, ``--quick --scenarios SingleStream --loadgen-accuracy --images DIR --labels FILE``:
-    the folder it leaves holds MLPerf's layout, and MLPerf's accuracy script scores it to our top-1."""
+    """``--quick --scenarios SingleStream --loadgen-accuracy --images DIR --labels FILE``: the folder it leaves
+    holds MLPerf's layout, and MLPerf's accuracy script scores the full log beside val_map.txt to our top-1."""
     labels, paths = labels_partly_as_predicted(small_model, photo_folder, tmp_path / "val_label.txt", 3)
     out = tmp_path / "bench"
     result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
@@ -54,22 +54,26 @@ def test_mlperf_accuracy_script_scores_our_folder_to_our_top1(tmp_path, small_ch
     accuracy = {r["config"]: r for r in report["loadgen_accuracy"]}
     assert set(accuracy) == {"torch-fp32", "onnxruntime-fp32"}
     for config, run in accuracy.items():
-        folder = Path(run["log_dir"])
+        folder, full = Path(run["log_dir"]), Path(run["full_log_dir"])
         system = folder.parts[-4]
-        assert folder == out / "results" / system / report["arch"] / "SingleStream" / "accuracy"
-        val_map = (folder / "val_map.txt").read_text()
+        scenario_dir = out / "open" / "ConvMixerSuite" / "results" / system / report["arch"] / "SingleStream"
+        assert folder == scenario_dir / "accuracy" and full == out / "accuracy_logs" / system / report["arch"] / \
+            "SingleStream"
+        val_map = (full / "val_map.txt").read_text()
         assert val_map == "".join(f"{p.name} {line.split()[1]}\n" for p, line in
                                   zip(paths, labels.read_text().splitlines()))  # QSL order
-        line = mlperf_accuracy_imagenet(folder / "mlperf_log_accuracy.json", folder / "val_map.txt")
+        line = mlperf_accuracy_imagenet(full / "mlperf_log_accuracy.json", full / "val_map.txt")
         assert float(re.match(r"accuracy=([\d.]+)%", line).group(1)) == pytest.approx(expected, abs=0.01)
-        digest = hashlib.sha256((folder / "mlperf_log_accuracy.json").read_bytes()).hexdigest()
+        digest = hashlib.sha256((full / "mlperf_log_accuracy.json").read_bytes()).hexdigest()
         assert (folder / "accuracy.txt").read_text() == f"{line}\nhash={digest}\n"
+        assert not run["log_truncated"]  # 7 images: a log under the checker's size stays whole
+        assert (folder / "mlperf_log_accuracy.json").read_bytes() == (full / "mlperf_log_accuracy.json").read_bytes()
         assert run["accuracy_line"] == line and f"| {line} |" in (out / "benchmark.md").read_text()
         for name in ("mlperf_log_summary.txt", "mlperf_log_detail.txt"):
             assert (folder / name).is_file()
         performance = folder.parent / "performance" / "run_1"
         assert "Result is : VALID" in (performance / "mlperf_log_summary.txt").read_text()
-        user_conf = out / "measurements" / system / report["arch"] / "SingleStream" / "user.conf"
+        user_conf = scenario_dir / "user.conf"
         conf = dict(re.findall(r"^\S+\.SingleStream\.(\w+) = (\S+)$", user_conf.read_text(), re.MULTILINE))
         detail = (performance / "mlperf_log_detail.txt").read_text()
         assert f'"key": "effective_min_duration_ms", "value": {conf["min_duration"]},' in detail  # our user.conf
