@@ -49,7 +49,7 @@ from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.ray_decode import decode_block
-from convmixer_suite.scoring import top_k
+from convmixer_suite.scoring import top_k, top_k_probabilities
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
 
 INSTALL_HINT = "--engine ray needs Ray Data, which is not installed; install it with: pip install -r requirements-dist.txt"
@@ -264,6 +264,7 @@ class Replica:
         latency_ms = (time.perf_counter() - started) * 1000.0
         classes, scores = top_k(logits[:n], self.topk, source=f"batch {k}")
         return {"k": row["k"], "n": row["n"], "classes": classes[None], "scores": scores[None],
+                "probabilities": top_k_probabilities(logits[:n], classes)[None],
                 "num_classes": [logits.shape[1]], "latency_ms": [latency_ms], "bad": row["bad"],
                 "decode_s": row["decode_s"], "replica": np.array([self.name], dtype=object)}
 
@@ -403,7 +404,8 @@ def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
         watch.saw_batch(float(row["latency_ms"]))
         yield BatchResult(k, row["classes"], row["scores"], int(row["num_classes"]), float(row["latency_ms"]),
                           {int(r): message for r, message in json.loads(str(row["bad"])).items()},
-                          decode_s=float(row["decode_s"]), replica=str(row["replica"]))
+                          decode_s=float(row["decode_s"]), replica=str(row["replica"]),
+                          probabilities=row.get("probabilities"))
 
 
 USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)

@@ -52,7 +52,20 @@ def test_the_class_table_is_package_data():
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert "imagenet_classes.tsv" in config["package-data"]["convmixer_suite"]
     assert (REPO / "convmixer_suite" / "imagenet_classes.tsv").is_file()
-    assert config["py-modules"] == ["convmixer_net"] and config["packages"] == ["convmixer_suite"]
+    assert config["py-modules"] == ["convmixer_net"]
+    assert config["packages"] == ["convmixer_suite", "convmixer_suite.bench"]
+
+
+def test_the_report_templates_are_package_data():
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    templates = sorted((REPO / "convmixer_suite" / "bench" / "templates").iterdir())
+    assert {"evaluation.html.j2", "compare.html.j2", "benchmark.html.j2"} <= {t.name for t in templates}
+    for template in templates:
+        assert any(fnmatch.fnmatch(f"templates/{template.name}", p) for p in patterns["convmixer_suite.bench"])
+
+
+def test_the_report_command_is_installed():
+    assert project()["scripts"]["convmixer-report"] == "convmixer_suite.bench.report_command:main"
 
 
 def test_the_native_sources_are_package_data():
