@@ -172,7 +172,7 @@ def test_the_evaluation_report_shows_the_runs_top1(two_runs, offline_page, tmp_p
     assert page.locator("#worst-classes tr").count() > 1 and page.locator("#confusions tr").count() > 1
     plots = page.locator("img.plot")
     assert plots.count() == 2 and all(w > 0 for w in plots.evaluate_all("imgs => imgs.map(i => i.naturalWidth)"))
-    page.screenshot(path=str(screenshot_folder(tmp_path) / "report-evaluation.png"))
+    page.screenshot(path=str(screenshot_folder(tmp_path) / "report-evaluation.png"), full_page=True)
 
 
 def test_the_comparison_lists_the_changed_images_with_their_pictures(two_runs, offline_page, tmp_path):
@@ -222,3 +222,23 @@ def test_the_benchmark_report_opens_offline(offline_page, tmp_path):
     report = json.loads(source.read_text())
     assert page.locator("#results tr:has(td)").count() == len(report["results"])
     page.screenshot(path=str(screenshot_folder(tmp_path) / "report-benchmark.png"))
+
+
+def test_the_changed_images_are_capped_and_their_thumbnails_small(two_runs, monkeypatch):
+    """Past the cap, the first N changed images with the count; each thumbnail a JPEG of at most 96 pixels."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from convmixer_suite.bench import html_report
+    monkeypatch.setattr(html_report, "CHANGED_IMAGES_SHOWN", 2)
+    html = html_report.comparison_html(two_runs["files_run"] / "result" / f"result_bs{BS}.json",
+                                       two_runs["stream_run"] / "result" / f"result_bs{BS}.json")
+    total = int(re.search(r'<strong id="changed-count">(\d+)</strong>', html).group(1))
+    assert total > 2 and f"The first 2 of {total}." in html
+    thumbnails = re.findall(r'<img class="thumb" src="data:image/jpeg;base64,([^"]+)"', html)
+    assert len(thumbnails) == 2
+    for encoded in thumbnails:
+        data = base64.b64decode(encoded)
+        assert len(data) < 8000 and max(Image.open(io.BytesIO(data)).size) == html_report.THUMBNAIL_PX
