@@ -167,3 +167,15 @@ def test_a_missing_file_is_one_line(tmp_path):
                              str(tmp_path / "nothing.json")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().endswith(f"error: {tmp_path / 'nothing.json'}: no such file")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_per_image_results_that_do_not_give_the_jsons_top1_are_noted(tmp_path):
+    from convmixer_suite.bench.run_data import check_top1
+    run = a_run(tmp_path, 0.5, {"kind": "unknown", "source": None},
+                images=[ImageResult("a.JPEG", 1, [1] * 5, [1.0] * 5), ImageResult("b.JPEG", 2, [1] * 5, [1.0] * 5)])
+    check_top1(run)
+    assert run.notes == []
+    run.accuracy["topk"][0] = 1.0
+    check_top1(run)
+    assert run.notes == ["the per-image results found give top-1 50.00%, not the JSON's 100.00%: they are not "
+                         "this run's (other labels or outputs?)"]

@@ -30,18 +30,26 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
+def benchmark_json(path: Path):
+    """The content of a benchmark.json (test/benchmark.py's), or None for any other file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"results", "machine", "fidelity"} <= set(data) else None
+
+
 def make_report(argv=None) -> int:
     from convmixer_suite.bench import html_report
     args = parse_args(argv)
     source = Path(args.result_json)
     if not source.is_file():
         raise UserError(f"{source}: no such file")
-    if source.name == "benchmark.json":
+    report = benchmark_json(source)
+    if report is not None:
         if args.compare:
             raise UserError("--compare takes two runs' accuracy JSONs, not a benchmark.json")
-        report = json.loads(source.read_text(encoding="utf-8"))
-        html = html_report.benchmark_html(report)
-        path = html_report.write_html(args.out or source.with_name("report.html"), html)
+        path = html_report.write_html(args.out or source.with_name("report.html"), html_report.benchmark_html(report))
     else:
         path = html_report.write_evaluation_report(source, args.out, args.compare, labels=args.labels,
                                                    outputs=args.outputs, log=args.log)

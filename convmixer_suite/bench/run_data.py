@@ -81,7 +81,19 @@ def load_run(result_json, labels=None, outputs=None, log=None) -> Run:
         load_file_outputs(run, labels, outputs)
     load_log(run, log)
     run.weights = weights_origin(run.summary.get("model"))
+    check_top1(run)
     return run
+
+
+def check_top1(run: Run) -> None:
+    """A note when the per-image results found do not give the JSON's top-1 (other labels or outputs than the
+    run's): the detail then describes something else than the verdict."""
+    if run.images:
+        top1 = sum(r.classes[0] == r.label for r in run.images) / len(run.images)
+        if round(top1 * 100, 2) != round(run.accuracy["topk"][0] * 100, 2):
+            run.notes.append(f"the per-image results found give top-1 {top1 * 100:.2f}%, not the JSON's "
+                             f"{run.accuracy['topk'][0] * 100:.2f}%: they are not this run's (other labels or "
+                             f"outputs?)")
 
 
 def read_json(path: Path) -> dict:
