@@ -8,6 +8,7 @@ first (convmixer_suite.download: checked, its size and sha256 recorded beside it
 The ONNX model has input ``image`` [N,3,224,224] float32 and output ``class`` [N,1000],
 with a dynamic batch axis unless --batch-size fixes it. After writing, onnx.checker and ONNX Runtime vs PyTorch
 (seeded input, batch 1 and 3) must agree to max |diff|/max |logit| <= 1e-4, or nothing is left at --target.
+The ONNX file's metadata names the checkpoint it was made from (file name and sha256).
 """
 import argparse
 import time
@@ -47,7 +48,8 @@ def main(argv=None):
     print(f"loaded {args.source}: {checkpoint.describe(spec)}")
     batch = f"fixed batch {args.batch_size}" if args.batch_size else "dynamic batch"
     print(f"exporting to {args.target} (opset {args.opset}, {batch}) and verifying it")
-    report = export.export_verified(model, args.target, args.opset, args.batch_size)
+    report = export.export_verified(model, args.target, args.opset, args.batch_size,
+                                    metadata=export.source_metadata(source))
     for line in report.lines():
         print(line)
     print(f"wrote {args.target} in {time.perf_counter() - start:.1f} s")

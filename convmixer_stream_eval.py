@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from convmixer_suite import msame_log
 from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
-from convmixer_suite.cli import positive_int, run_main
+from convmixer_suite.cli import UserError, positive_int, run_main
+from convmixer_suite.cpu_info import host_record
 from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
 from convmixer_suite.run_config import RunConfig, add_num_calib_option
@@ -124,6 +125,16 @@ def run_engine(args, job: EvalJob, store: RecordStore, bar, gated=None) -> tuple
     return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar, backend=gated)
 
 
+def print_report(json_path: Path, labels) -> None:
+    """Write the run's HTML report beside its JSON and print its path; a report that cannot be made (Jinja2
+    missing) is a notice, not a failed run: the accuracy JSON and the records are complete."""
+    from convmixer_suite.bench.html_report import write_evaluation_report
+    try:
+        print(f"[INFO] report: {write_evaluation_report(json_path, labels=labels).resolve()}", flush=True)
+    except UserError as exc:
+        print(f"notice: no HTML report ({exc})", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
     root = Path(args.image_path).resolve()
@@ -165,10 +176,11 @@ def main(argv=None):
         num_images=counter.num_images, skipped_images=[{"name": n, "error": m} for n, m in skipped],
         workers=times.workers, stages=rates, total_s=time.perf_counter() - started, run=info,
         batches_run=len(job.batches), batches_resumed=resumed, records=str(store.folder), fidelity=figures,
-        run_config=config.as_dict())
+        run_config=config.as_dict(), host=host_record(config.device))
     summary_path = msame_log.write_summary(json_path.with_name(json_path.stem + "_stream_summary.json"), summary)
     print(f"{counter.num_images} images, {counter.num_classes} classes; wrote {json_path} and {summary_path}")
     print(format_accuracy_line(topk))
+    print_report(json_path, args.annotation_file_path)
     # msame's averages close the log, as msame's do: the guide's parse.py reads garbage if a later line has "ms"
     print("\n".join(msame_log.folder_average_lines(latencies_ms)), flush=True)
     return 0

@@ -87,3 +87,23 @@ def int8_class(flags, isa_cap=None) -> str:
 def this_int8_class() -> str:
     """This machine's int8 class, following ONEDNN_MAX_CPU_ISA where it is set."""
     return int8_class(cpu_info()["flags"], os.environ.get("ONEDNN_MAX_CPU_ISA"))
+
+
+# The libraries whose versions a run's summary records, when the run loaded them.
+RUN_LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "nncf", "PIL", "ray")
+
+
+def host_record(device=None) -> dict:
+    """Where and when a run ran, for its summary: the CPU in one line, the GPU's name where the run used CUDA
+    through PyTorch, OS, Python, the versions of the libraries the run loaded, the time it finished."""
+    import sys
+    import time
+    record = {"cpu": describe_cpu(cpu_info()), "os": platform.platform(), "python": platform.python_version(),
+              "libraries": {name: getattr(sys.modules[name], "__version__", "unknown")
+                            for name in RUN_LIBRARIES if name in sys.modules},
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    torch = sys.modules.get("torch")
+    if device and str(device).startswith("cuda") and torch is not None and torch.cuda.is_available():
+        index = int(str(device).partition(":")[2] or 0)
+        record["gpu"] = torch.cuda.get_device_name(index)
+    return record

@@ -18,6 +18,8 @@ from convmixer_suite.model.net import DEFAULT_ARCH, build_model
 from convmixer_suite.cli import UserError, atomic_path, run_main, write_text_atomic
 
 LABEL_RULE = "image i has class (i * 997) % 1000"
+# test/demo.sh names its random checkpoint RANDOM_WEIGHTS_<arch>.pth.tar; a report says such a run means nothing.
+RANDOM_WEIGHTS_PREFIX = "RANDOM_WEIGHTS_"
 
 
 def write_random_checkpoint(path, arch: str = DEFAULT_ARCH, seed: int = 0) -> Path:

@@ -22,6 +22,9 @@ DEFAULT_OPSET = 11
 VERIFY_BATCH_SIZES = (1, 3)
 RELATIVE_TOLERANCE = 1e-4
 VERIFY_SEED = 0
+# ONNX metadata_props keys: the checkpoint an export was made from, so a report can tell its weights' origin.
+SOURCE_NAME_KEY = "convmixer_suite.source_checkpoint"
+SOURCE_SHA256_KEY = "convmixer_suite.source_sha256"
 
 
 @dataclass
@@ -117,14 +120,39 @@ def verify_onnx(model, path, batch_sizes=VERIFY_BATCH_SIZES) -> VerifyReport:
     return report
 
 
+def add_metadata(path, metadata: dict) -> None:
+    """Store ``metadata`` (str -> str) in the ONNX file's metadata_props."""
+    import onnx
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=str(value))
+    onnx.save(proto, str(path))
+
+
+def read_metadata(path) -> dict:
+    """An ONNX file's metadata_props as a dict ({} when it has none)."""
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def source_metadata(source) -> dict:
+    """The metadata naming the checkpoint an export comes from: its file name and sha256."""
+    from convmixer_suite.records import file_sha256
+    return {SOURCE_NAME_KEY: Path(source).name, SOURCE_SHA256_KEY: file_sha256(source)}
+
+
 def export_verified(model, target, opset=DEFAULT_OPSET, batch_size=None,
-                    tolerance=RELATIVE_TOLERANCE) -> VerifyReport:
-    """Export to a temporary name, verify, and rename to ``target`` only when ONNX Runtime agrees with
-    PyTorch to ``tolerance`` (max |diff| / max |logit|); otherwise raise UserError and leave no target."""
+                    tolerance=RELATIVE_TOLERANCE, metadata=None) -> VerifyReport:
+    """Export to a temporary name (with ``metadata`` in its metadata_props), verify, and rename to ``target``
+    only when ONNX Runtime agrees with PyTorch to ``tolerance`` (max |diff| / max |logit|); otherwise raise
+    UserError and leave no target."""
     target = Path(target)
     batch_sizes = (batch_size,) if batch_size else VERIFY_BATCH_SIZES
     with atomic_path(target) as tmp:
         export_onnx(model, tmp, opset, batch_size)
+        if metadata:
+            add_metadata(tmp, metadata)
         report = verify_onnx(model, tmp, batch_sizes)
         if not report.not_compared and not report.max_rel_diff <= tolerance:
             raise UserError(f"{target}: the exported model disagrees with PyTorch: max |diff|/max |logit| "

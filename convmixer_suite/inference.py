@@ -16,6 +16,7 @@ from tqdm import tqdm
 from convmixer_suite import fidelity, msame_log
 from convmixer_suite.backends import IMAGE_BYTES, IMAGE_SHAPE, ToolBackend
 from convmixer_suite.cli import UserError
+from convmixer_suite.cpu_info import host_record
 from convmixer_suite.run_config import RunConfig
 from convmixer_suite.run_folder import RunFolder, choose_run_folder
 from convmixer_suite.scoring import non_finite_message, non_finite_rows
@@ -143,6 +144,7 @@ def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> Infer
         latencies, batch_size=config.batch_size, backend_name=backend.name, backend_version=backend.version,
         threads=config.threads, precision=backend.precision, model=config.model, input_path=input_record,
         output_dir=run.folder, device=config.device, num_files=len(inputs), num_images=images,
-        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop, fidelity=figures, run_config=config.as_dict())
+        files_run_now=len(todo), outfmt=opts.outfmt, loop=loop, fidelity=figures, run_config=config.as_dict(),
+        host=host_record(config.device))
     msame_log.write_summary(run.summary_path, summary)
     return InferenceRun(latencies, single, run, summary)

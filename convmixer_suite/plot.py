@@ -5,13 +5,22 @@ from pathlib import Path
 from convmixer_suite.cli import atomic_path
 
 
-def write_plot(report, path: Path):
-    """Throughput against batch size, one line per configuration; None without matplotlib."""
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def throughput_figure(report):
+    """Throughput against batch size, one line per configuration (a matplotlib figure); None without
+    matplotlib."""
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in dict.fromkeys(r["config"] for r in report["results"]):
@@ -30,7 +39,15 @@ def write_plot(report, path: Path):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # outside: covers no line
     fig.tight_layout()
+    return fig
+
+
+def write_plot(report, path: Path):
+    """Throughput against batch size, one line per configuration, as a PNG; None without matplotlib."""
+    fig = throughput_figure(report)
+    if fig is None:
+        return None
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

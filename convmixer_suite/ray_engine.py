@@ -48,7 +48,7 @@ from convmixer_suite.backends import parse_device
 from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.ray_decode import decode_block
-from convmixer_suite.scoring import non_finite_rows, top_k
+from convmixer_suite.scoring import non_finite_rows, top_k, top_k_probabilities
 from convmixer_suite.stream import BatchResult, EvalJob, record_results
 
 INSTALL_HINT = "--engine ray needs Ray Data, which is not installed; install it with: pip install -r requirements-dist.txt"
@@ -266,6 +266,7 @@ class Replica:
             non_finite[r] = count
         return {"k": row["k"], "n": row["n"], "classes": classes[None], "scores": scores[None],
                 "non_finite": non_finite[None],
+                "probabilities": top_k_probabilities(logits[:n], classes)[None],
                 "num_classes": [logits.shape[1]], "latency_ms": [latency_ms], "bad": row["bad"],
                 "decode_s": row["decode_s"], "replica": np.array([self.name], dtype=object)}
 
@@ -406,7 +407,8 @@ def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
         yield BatchResult(k, row["classes"], row["scores"], int(row["num_classes"]), float(row["latency_ms"]),
                           {int(r): message for r, message in json.loads(str(row["bad"])).items()},
                           decode_s=float(row["decode_s"]), replica=str(row["replica"]),
-                          non_finite={int(r): int(c) for r, c in enumerate(row["non_finite"]) if c})
+                          non_finite={int(r): int(c) for r, c in enumerate(row["non_finite"]) if c},
+                          probabilities=row.get("probabilities"))
 
 
 USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)

@@ -9,9 +9,9 @@ Both engines (local and Ray) write the same records into ``<result-json-path>/<j
 - ``part-NNNNNN.jsonl``: one JSON object per image, written a chunk at a time under a temporary name and
   renamed, so a kill -9 loses at most the chunk being gathered. An object holds ``batch``, ``row``,
   ``image`` (the path relative to the image folder), ``label``, ``num_classes``, ``latency_ms`` (the model
-  execution time of its batch), and either ``classes`` and
-  ``scores`` (top-k, best first; for 1001-class outputs without the background class) or ``error`` (an
-  image left out with ``--skip-bad``).
+  execution time of its batch), and either ``classes``, ``scores`` (their logits) and ``probabilities`` (their
+  softmax over the whole row; absent in records of older runs) (top-k, best first; for 1001-class outputs without
+  the background class) or ``error`` (an image left out with ``--skip-bad``).
 
 A rerun runs only the batches not recorded yet; the accuracy JSON is computed from all records, so a local
 run, a Ray run and a resumed run of the same images end with the same JSON.
@@ -57,7 +57,7 @@ def image_set_identity(names, labels) -> dict:
 
 
 def batch_records(k: int, batch_size: int, names, labels, classes, scores, num_classes: int, bad: dict,
-                  latency_ms: float) -> list:
+                  latency_ms: float, probabilities=None) -> list:
     """The records of batch ``k``: one per real image row (``bad``: row -> error message)."""
     first = k * batch_size
     records = []
@@ -69,6 +69,8 @@ def batch_records(k: int, batch_size: int, names, labels, classes, scores, num_c
         else:
             record["classes"] = [int(c) for c in classes[row]]
             record["scores"] = [float(s) for s in scores[row]]
+            if probabilities is not None:
+                record["probabilities"] = [float(p) for p in probabilities[row]]
         records.append(record)
     return records
 

@@ -211,6 +211,16 @@ def top_k(logits: np.ndarray, k: int = 5, source="outputs") -> tuple:
     return classes.astype(np.int64), np.take_along_axis(logits, classes, axis=1).astype(np.float32)
 
 
+def top_k_probabilities(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The softmax probabilities (over each whole row) of ``top_k``'s classes of each row, float32; 1001-class
+    outputs drop class 0 (background) first, as ``top_k`` does."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape[1] == BACKGROUND_CLASSES:
+        logits = logits[:, 1:]
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (np.take_along_axis(exp, np.asarray(classes), axis=1) / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 class TopKAccuracy:
     """Counts top-1 … top-k hits over batches of logits; 1001-class outputs drop class 0 (background)."""
 
@@ -344,6 +354,25 @@ def write_accuracy_json(path, num_images: int, num_classes: int, topk) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(table) + "\n")
     return path
+
+
+def read_accuracy_json(path) -> dict:
+    """The ModelZoo accuracy JSON read back: {"num_images", "num_classes", "topk": [top-1, …] as fractions};
+    a UserError naming the file when it is not one."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))["value"]
+        values = {str(e["key"]): str(e["value"]) for e in entries}
+        topk, k = [], 1
+        while f"Top{k} accuracy" in values:
+            topk.append(float(values[f"Top{k} accuracy"].rstrip("%")) / 100.0)
+            k += 1
+        if not topk:
+            raise ValueError("no 'Top1 accuracy' entry")
+        return {"num_images": int(values["Number of images"]), "num_classes": int(values["Number of classes"]),
+                "topk": topk}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not an accuracy JSON as convmixer_eval_acc.py writes it ({exc})") from None
 
 
 def format_accuracy_line(topk) -> str:

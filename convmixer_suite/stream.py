@@ -25,7 +25,7 @@ from convmixer_suite.cli import UserError
 from convmixer_suite.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.records import RecordStore, batch_records, check_identity, image_set_identity, records_folder
 from convmixer_suite.run_config import RunConfig
-from convmixer_suite.scoring import TopKAccuracy, non_finite_message, non_finite_rows, top_k
+from convmixer_suite.scoring import TopKAccuracy, non_finite_message, non_finite_rows, top_k, top_k_probabilities
 from convmixer_suite.transform import EvalTransform, load_batch
 
 
@@ -220,6 +220,7 @@ class BatchResult:
     decode_s: float = 0.0
     waited_s: float = 0.0
     replica: str = "local"
+    probabilities: "np.ndarray | None" = None  # softmax of the top-k classes
     non_finite: dict = field(default_factory=dict)  # row -> how many of its logits are NaN or infinite
 
     def refuse_non_finite(self, names, batch_size) -> None:
@@ -250,7 +251,8 @@ def local_results(stream: BatchStream, backend, num_images: int, topk=5):
         real = logits[:images_in_batch(k, bs, num_images)]
         classes, scores = top_k(real, topk, source=f"batch {k}")
         yield BatchResult(k, classes, scores, logits.shape[1], latency_ms, {row: message for row, _, message in bad},
-                          decode_s, waited, non_finite=non_finite_rows(real))
+                          decode_s, waited, non_finite=non_finite_rows(real),
+                          probabilities=top_k_probabilities(real, classes))
 
 
 def record_results(results, store, names, image_labels, batch_size, topk=5, skip_bad=True, log=print,
@@ -283,7 +285,7 @@ def record_results(results, store, names, image_labels, batch_size, topk=5, skip
                                        source=f"batch {r.k}")
             if store is not None:
                 store.add(batch_records(r.k, batch_size, names, image_labels, r.classes, r.scores, r.num_classes,
-                                        r.bad, r.latency_ms))
+                                        r.bad, r.latency_ms, r.probabilities))
             times.scoring_s += time.perf_counter() - t1
             times.add_replica_batch(r.replica, len(rows), r.latency_ms)
             if len(times.inference_ms) == 1:

@@ -15,9 +15,9 @@ user.conf, as an open-division submission under ``--out`` (open/<submitter>/{res
 model_mapping.json}, the submission checker's v6.1 layout; convmixer_suite.mlperf_submission);
 ``--loadgen-accuracy`` adds AccuracyOnly runs with accuracy.txt (and val_map.txt beside the full log, in
 accuracy_logs/) as MLPerf's accuracy script reads and writes them. ``--profile`` adds a layer-by-layer profile.
-Writes benchmark.json, benchmark-<hardware>.csv, benchmark.md (convmixer_suite.report) and
-benchmark_throughput.png (convmixer_suite.plot; matplotlib, optional) into ``--out`` (default:
-docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cached in ``--work``.
+Writes benchmark.json, benchmark-<hardware>.csv, benchmark.md (convmixer_suite.report), report.html
+(convmixer_suite.bench.html_report: one self-contained page) and benchmark_throughput.png
+(convmixer_suite.plot; matplotlib, optional) into ``--out`` (default: docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cached in ``--work``.
 """
 import argparse
 import sys
@@ -166,10 +166,11 @@ def main(argv=None):
         print(table)
         print(f"wrote {out / 'engines_check.json'} and {out / 'engines_check.md'}")
         return 0 if report["same_json"] else 1
+    from convmixer_suite.bench.html_report import write_benchmark_report
     from convmixer_suite.plot import write_plot
     from convmixer_suite.report import markdown, write_report
     report = bench_run.run_benchmark(args, log)
-    paths = write_report(report, out)
+    paths = write_report(report, out) + [write_benchmark_report(report, out)]
     plot = write_plot(report, out / "benchmark_throughput.png")
     print(markdown(report))
     print_submission(report["submission"])

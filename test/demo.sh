@@ -9,7 +9,8 @@
 # RANDOM_WEIGHTS_convmixer_1536_20.pth.tar (seeded random weights: accuracy means nothing), and it says why.
 # It uses --datasets_path (val/ and val_label.txt) when given, otherwise generates --num_images pictures in
 # ImageNet layout with rule-based labels (accuracy on them means nothing). Then it runs test/pth2om.sh and
-# test/eval_acc_perf.sh and prints their accuracy and performance figures.
+# test/eval_acc_perf.sh, prints their accuracy and performance figures, and ends with the path of the run's
+# HTML report.
 set -euo pipefail
 
 readonly PROG="demo.sh"
@@ -145,4 +146,10 @@ echo "accuracy (from ./result/result_bs${batch_size}.json):"
 python3 "$REPO_DIR/test/parse.py" --result-file "./result/result_bs${batch_size}.json"
 if [[ -n "$accuracy_note" ]]; then
     echo "NOTE: $accuracy_note"
+fi
+report="./result/report_bs${batch_size}.html"
+if [[ -f "$report" ]]; then
+    echo "report: $(pwd)/${report#./} (open it in a web browser; it needs no network)"
+else
+    echo "report: none was written (test/eval_acc_perf.sh said why above)"
 fi

@@ -18,7 +18,8 @@
 #   --replicas (ray engine; default: one per GPU/NPU for --device, else one per node)
 #   --fresh (false; true: delete this batch size's earlier outputs (streaming: its records) instead of resuming)
 # Writes ./prep_image_bs${bs}/, ./result/outputs_bs${bs}_om/ (msame's layout; our run records in
-# ./result/outputs_bs${bs}_om.runs/), ./msame_bs${bs}.txt, ./result/result_bs${bs}.json.
+# ./result/outputs_bs${bs}_om.runs/), ./msame_bs${bs}.txt, ./result/result_bs${bs}.json, and the run's HTML
+# report ./result/report_bs${bs}.html (convmixer-report), whose path it prints last.
 set -euo pipefail
 
 readonly PROG="eval_acc_perf.sh"
@@ -129,3 +130,10 @@ run_step "$results_step. performance data" "" python3 "$REPO_DIR/test/parse.py" 
     --batch-size "$bs"
 echo "====accuracy data===="
 run_step "$results_step. accuracy data" "" python3 "$REPO_DIR/test/parse.py" --result-file "./result/$result_json"
+echo "====report===="
+if python3 -c "import jinja2" 2>/dev/null; then
+    run_step "$results_step. HTML report" "" python3 -m convmixer_suite.bench.report_command "./result/$result_json" \
+        --labels "$label_file" --out "./result/report_bs${bs}.html"
+else
+    echo "no HTML report: it needs Jinja2 (pip install -r requirements.txt, Python 3.10 or later)"
+fi

@@ -105,6 +105,8 @@ def test_markdown_table_and_plot(quick_report):
     if report["openvino_default_precision"] == "bfloat16" and "openvino-bf16" not in report["skipped"]:
         assert "| openvino-bf16 (OpenVINO's default here) | 1 |" in table
     assert report["machine"]["cpu"] in table and table in result.stdout
+    html = (out / "report.html").read_text()
+    assert str(out / "report.html") in result.stdout and html.count("<tr><td>") >= len(report["results"])
     if importlib.util.find_spec("matplotlib"):
         assert (out / "benchmark_throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:

@@ -78,6 +78,14 @@ def assert_reports(result, top1):
     log_ms = re.search(r"Inference average time without first time: ([\d.]+) ms", out).group(1)
     assert perf == f"bs2 fps:{2 * 1000 / float(log_ms):.3f}"
     assert out.split("====accuracy data====\n")[1].split("\n")[0] == f"top1:{top1}"
+    assert_html_report(result)
+
+
+def assert_html_report(result):
+    """The run's HTML report is written last, its path printed as the last line."""
+    last = result.stdout.split("====report====\n")[1].strip()
+    assert re.fullmatch(r"wrote (/.+/result/report_bs2\.html)", last), last
+    assert Path(last[len("wrote "):]).read_text().startswith("<!DOCTYPE html>")
 
 
 def test_onnxruntime_flow_reports_pytorch_top1(work, flow):
@@ -165,6 +173,8 @@ def test_stream_mode_runs_the_streaming_evaluation(work, flow):
     assert result.stdout.split("====performance data====\n")[1].split("\n")[0] == \
         f"bs2 fps:{2 * 1000 / float(log_ms):.3f}"
     assert result.stdout.split("====accuracy data====\n")[1].split("\n")[0] == f"top1:{round(6 / 7 * 100, 2)}%"
+    assert_html_report(result)
+    assert f"[INFO] report: {work}/result/report_bs2.html" in (work / "msame_bs2.txt").read_text()
 
 
 # ---- the quick start: test/demo.sh and its stand-in data ------------------------------------------------
@@ -204,6 +214,9 @@ def test_demo_runs_the_quick_start_on_random_weights_when_the_download_fails(tmp
     assert re.search(r"^accuracy .*\ntop1:\d", out, re.MULTILINE)
     assert "NOTE: RANDOM weights: this accuracy means nothing" in out
     assert "Generated pictures with rule-based labels" in out
+    report = work / "result" / "report_bs1.html"
+    assert out.splitlines()[-1] == f"report: {report} (open it in a web browser; it needs no network)"
+    assert "random weights: means nothing" in report.read_text()
 
 
 @pytest.mark.fullsize
@@ -219,6 +232,9 @@ def test_demo_downloads_the_checkpoint_and_reports_pytorch_top1(full_size_demo):
     assert f"\nweights: REAL weights: {checkpoint} (downloaded just now;" in result.stdout
     assert result.stdout.split("accuracy (from ./result/result_bs1.json):\n")[1].split("\n")[0] == \
         f"top1:{round(2 / 3 * 100, 2)}%"
+    # the export names the downloaded checkpoint, so the report sets the paper's figure beside the top-1
+    report = (full_size_demo["cwd"] / "demo_work" / "result" / "report_bs1.html").read_text()
+    assert f"reference 81.37% (paper, {served.name})" in report and "-14.70 points" in report
 
 
 @pytest.mark.parametrize("args, message", [

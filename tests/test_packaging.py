@@ -56,6 +56,18 @@ def test_the_class_table_is_package_data():
     assert config["packages"]["find"]["include"] == ["convmixer_suite", "convmixer_suite.*"]
 
 
+def test_the_report_templates_are_package_data():
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    templates = sorted((REPO / "convmixer_suite" / "bench" / "templates").iterdir())
+    assert {"evaluation.html.j2", "compare.html.j2", "benchmark.html.j2"} <= {t.name for t in templates}
+    for template in templates:
+        assert any(fnmatch.fnmatch(f"templates/{template.name}", p) for p in patterns["convmixer_suite.bench"])
+
+
+def test_the_report_command_is_installed():
+    assert project()["scripts"]["convmixer-report"] == "convmixer_suite.bench.report_command:main"
+
+
 def test_the_native_sources_are_package_data():
     """The depthwise operation is compiled from the installed package (convmixer_suite.depthwise_op): every file
     of convmixer_suite/native must be installed with it, the included kernel as well as the .cpp."""
