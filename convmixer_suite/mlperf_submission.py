@@ -75,7 +75,8 @@ def framework(config: str) -> str:
 
 def other_software(config: str) -> str:
     own = FRAMEWORKS[CONFIGS[config][0]][1]
-    pinned = [f"{d} {v}" for d in DISTRIBUTIONS if d != own and (v := installed_version(d))]
+    versions = {d: installed_version(d) for d in DISTRIBUTIONS if d != own}
+    pinned = [f"{d} {v}" for d, v in versions.items() if v]
     return f"Python {sys.version.split()[0]}, " + ", ".join(pinned)
 
 
@@ -193,7 +194,8 @@ def project_commit() -> str:
 def write_src(root: Path, argv) -> None:
     """src/: the command that made this submission, the commit it ran from, the pinned requirements."""
     command = shlex.join(["python3", "test/benchmark.py", *map(str, argv)])
-    pins = [f"{d}=={v}" for d in DISTRIBUTIONS if (v := installed_version(d))]
+    versions = {d: installed_version(d) for d in DISTRIBUTIONS}
+    pins = [f"{d}=={v}" for d, v in versions.items() if v]
     if any("+cpu" in pin for pin in pins):  # PyTorch's CPU builds come from its own index
         pins.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
     write_file(root / "src" / "requirements.txt", "\n".join(pins) + "\n")
