@@ -13,7 +13,6 @@ system of its own. What the checker will still reject (a short run's duration, a
 images than ImageNet's 50,000, a scenario without an accuracy run) is said in the scenario's README.md and
 returned by ``write_submission``.
 """
-import importlib.metadata
 import json
 import re
 import shlex
@@ -62,6 +61,7 @@ def results_root(out, submitter: str) -> Path:
 
 
 def installed_version(distribution: str) -> "str | None":
+    import importlib.metadata  # Python 3.8 and later; imported here so test/benchmark.py starts on 3.7 to say so
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

@@ -103,6 +103,6 @@ def test_ci_run_installs_g_plus_plus_when_missing_and_runs_the_tests_with_ci_tru
     done = subprocess.run([shutil.which("bash"), str(repo / ".ci" / "run")], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["==> installing g++ (apt-get)", "tests ran with CI=true"]
+    assert done.stdout.splitlines() == ["==> installing g++ chromium (apt-get)", "tests ran with CI=true"]
     assert log.read_text().splitlines() == ["sudo", "apt-get update -qq", "sudo",
-                                            "apt-get install -y -qq g++"]
+                                            "apt-get install -y -qq g++ chromium"]

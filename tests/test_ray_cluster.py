@@ -29,8 +29,8 @@ from convmixer_suite import ray_engine
 ray_engine.connect(ray, sys.argv[1])
 @ray.remote
 def where():
-    import convmixer_net, convmixer_suite
-    return [convmixer_suite.__file__, convmixer_net.__file__]
+    import convmixer_suite.model.net
+    return [convmixer_suite.__file__, convmixer_suite.model.net.__file__]
 print(json.dumps(ray.get(where.remote())))
 ray.shutdown()
 """
