@@ -12,11 +12,13 @@ import argparse
 
 import numpy as np
 
-from convmixer_suite import classify, fidelity
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
-from convmixer_suite.cli import UserError, positive_int, print_error, run_main
-from convmixer_suite.imagenet_classes import NUM_CLASSES
-from convmixer_suite.transform import EvalTransform
+from convmixer_suite.run import classify
+from convmixer_suite.precision import fidelity
+from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import positive_int, print_error, run_main
+from convmixer_suite.guide.imagenet_classes import NUM_CLASSES
+from convmixer_suite.guide.transform import EvalTransform
 
 
 def parse_args(argv=None):

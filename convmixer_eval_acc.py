@@ -13,10 +13,10 @@ its output and its label: a shortened set is refused, not scored.
 import argparse
 from pathlib import Path
 
-from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.manifest import read_manifest
-from convmixer_suite.scoring import (find_manifest, find_results_folder, format_accuracy_line, score_outputs,
-                                     write_accuracy_json)
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import positive_int, run_main
+from convmixer_suite.guide.manifest import read_manifest
+from convmixer_suite.guide.scoring import (find_manifest, find_results_folder, format_accuracy_line, score_outputs, write_accuracy_json)
 
 
 def parse_args(argv):

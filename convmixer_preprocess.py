@@ -4,7 +4,7 @@
 
 Images are taken in the guide's order (by the number in ImageNet names, across class subfolders; other names
 after, by path: transform.list_images), ``--batch-size`` per file, the last file padded with zero images. Each goes through the model's eval
-transform (convmixer_suite.transform.EvalTransform). A .manifest.json beside the files records which image is
+transform (convmixer_suite.guide.transform.EvalTransform). A .manifest.json beside the files records which image is
 in which row; convmixer_eval_acc.py reads it.
 
 Rerunning into the same folder resumes: batch files already there are kept (they are written under a
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.manifest import (BATCH_FILE_RE, Manifest, batch_file_name, batch_span, manifest_path,
-                                      read_manifest, write_manifest)
-from convmixer_suite.transform import EvalTransform, list_images, load_batch
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import positive_int, run_main
+from convmixer_suite.guide.manifest import (BATCH_FILE_RE, Manifest, batch_file_name, batch_span, manifest_path, read_manifest, write_manifest)
+from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
 
 TEMP_GLOB = ".input_*.bin.tmp*"
 

@@ -4,7 +4,7 @@
 
 The checkpoint may be locuslab's release or timm's (.pth, .pth.tar or .safetensors; raw, wrapped or with
 ``module.`` prefixes). A missing --source named like one of the three released checkpoints is downloaded
-first (convmixer_suite.download: checked, its size and sha256 recorded beside it), unless --no-download.
+first (convmixer_suite.model.download: checked, its size and sha256 recorded beside it), unless --no-download.
 The ONNX model has input ``image`` [N,3,224,224] float32 and output ``class`` [N,1000],
 with a dynamic batch axis unless --batch-size fixes it. After writing, onnx.checker and ONNX Runtime vs PyTorch
 (seeded input, batch 1 and 3) must agree to max |diff|/max |logit| <= 1e-4, or nothing is left at --target.
@@ -14,8 +14,11 @@ import argparse
 import time
 
 import convmixer_net
-from convmixer_suite import checkpoint, download, export
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.model import checkpoint
+from convmixer_suite.model import download
+from convmixer_suite.model import export
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
 
 
 def parse_args(argv=None):

@@ -11,9 +11,9 @@ averages, which close the log as msame's do), so ``test/parse.py --result-file <
 parse.py give the fps; the images/s of each stage are printed before the averages and written to
 ``<json name>_stream_summary.json`` beside the accuracy JSON.
 
-Every image's top-k is recorded as it completes in ``<json name>_records/`` (convmixer_suite.records): the same
+Every image's top-k is recorded as it completes in ``<json name>_records/`` (convmixer_suite.run.records): the same
 command after an interruption (even kill -9) runs only the batches not recorded yet and ends with the same JSON;
-``--fresh`` starts over. ``--engine ray`` runs the same evaluation on Ray Data (convmixer_suite.ray_engine):
+``--fresh`` starts over. ``--engine ray`` runs the same evaluation on Ray Data (convmixer_suite.run.ray_engine):
 model replicas on this machine's cores, its GPUs or NPUs, or a cluster's.
 """
 import argparse
@@ -23,17 +23,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from convmixer_suite import msame_log
-from convmixer_suite.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
-from convmixer_suite.cli import UserError, positive_int, run_main
-from convmixer_suite.cpu_info import host_record
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
-from convmixer_suite.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
-from convmixer_suite.run_config import RunConfig, add_num_calib_option
-from convmixer_suite.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
-from convmixer_suite.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job,
-                                    refuse_other_runs_records, relative_names, resumable_job)
-from convmixer_suite.transform import list_images
+from convmixer_suite.guide import msame_log
+from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import positive_int, run_main
+from convmixer_suite.precision.cpu_info import host_record
+from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
+from convmixer_suite.run.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
+from convmixer_suite.run.config import RunConfig, add_num_calib_option
+from convmixer_suite.guide.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
+from convmixer_suite.run.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, refuse_other_runs_records, relative_names, resumable_job)
+from convmixer_suite.guide.transform import list_images
 
 TOPK = 5
 
@@ -119,7 +119,7 @@ def run_engine(args, job: EvalJob, store: RecordStore, bar, gated=None) -> tuple
     announce = (lambda line: print(f"[INFO] {line}", flush=True))
     log = (lambda line: print(line, flush=True))
     if args.engine == "ray":
-        from convmixer_suite import ray_engine
+        from convmixer_suite.run import ray_engine
         return ray_engine.evaluate(job, store, args.ray_address, args.replicas, announce, log, bar,
                                    stall_timeout_s=args.stall_timeout)
     return evaluate_local(job, store, args.workers or default_workers(), announce, log, bar, backend=gated)

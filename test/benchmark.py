@@ -5,28 +5,29 @@
     python3 test/benchmark.py --quick              # a small ConvMixer, 2 timed batches: checks that it all runs
     python3 test/benchmark.py --quick --scenarios SingleStream,Offline   # and under MLPerf LoadGen
 
-The configurations and the two profiles (default, --quick) are data: convmixer_suite/benchmark_configs.py.
-For each batch size every configuration is timed in alternation (convmixer_suite.timing) beside its ceiling,
-the model's pointwise convolutions alone (convmixer_suite.ceiling); fidelity against PyTorch fp32 on ``--images``
-(default: generated pictures), a configuration beyond ``--max-logit-error`` marked so (convmixer_suite.bench_fidelity);
-then streaming and preprocessing checks (convmixer_suite.pipeline_checks). ``--scenarios`` runs every
-configuration under MLPerf LoadGen (convmixer_suite.loadgen_harness) with LoadGen's mlperf.conf plus our
+The configurations and the two profiles (default, --quick) are data: convmixer_suite/bench/configs.py.
+For each batch size every configuration is timed in alternation (convmixer_suite.bench.timing) beside its ceiling,
+the model's pointwise convolutions alone (convmixer_suite.bench.ceiling); fidelity against PyTorch fp32 on ``--images``
+(default: generated pictures), a configuration beyond ``--max-logit-error`` marked so (convmixer_suite.bench.fidelity_table);
+then streaming and preprocessing checks (convmixer_suite.bench.pipeline_checks). ``--scenarios`` runs every
+configuration under MLPerf LoadGen (convmixer_suite.bench.loadgen) with LoadGen's mlperf.conf plus our
 user.conf, as an open-division submission under ``--out`` (open/<submitter>/{results,systems,src,
-model_mapping.json}, the submission checker's v6.1 layout; convmixer_suite.mlperf_submission);
+model_mapping.json}, the submission checker's v6.1 layout; convmixer_suite.bench.mlperf_submission);
 ``--loadgen-accuracy`` adds AccuracyOnly runs with accuracy.txt (and val_map.txt beside the full log, in
 accuracy_logs/) as MLPerf's accuracy script reads and writes them. ``--profile`` adds a layer-by-layer profile.
-Writes benchmark.json, benchmark-<hardware>.csv, benchmark.md (convmixer_suite.report), report.html
+Writes benchmark.json, benchmark-<hardware>.csv, benchmark.md (convmixer_suite.bench.markdown_report), report.html
 (convmixer_suite.bench.html_report: one self-contained page) and benchmark_throughput.png
-(convmixer_suite.plot; matplotlib, optional) into ``--out`` (default: docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cached in ``--work``.
+(convmixer_suite.bench.throughput_plot; matplotlib, optional) into ``--out`` (default: docs/results/<date>_<CPU>_<profile>/); models, pictures and int8 models are cached in ``--work``.
 """
 import argparse
 import sys
 import time
 
-from convmixer_suite.benchmark_configs import CONFIGS, PROFILES, REFERENCE
-from convmixer_suite.cli import UserError, run_main
-from convmixer_suite.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR, logit_error_limit
-from convmixer_suite.mlperf_submission import DEFAULT_SUBMITTER, check_name
+from convmixer_suite.bench.configs import CONFIGS, PROFILES, REFERENCE
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
+from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR as MAX_LOGIT_ERROR, logit_error_limit
+from convmixer_suite.bench.mlperf_submission import DEFAULT_SUBMITTER, check_name
 
 
 def parse_args(argv):
@@ -114,14 +115,14 @@ def check_args(args):
     if args.loadgen_accuracy and not (args.images and args.labels):
         raise UserError("--loadgen-accuracy needs --images (photos) and --labels (their val_label.txt)")
     if args.out is None:
-        from convmixer_suite.report import default_out
+        from convmixer_suite.bench.markdown_report import default_out
         args.out = str(default_out(args.profile_name, args.configs, CONFIGS))
     args.work = args.work or f"{args.out}/work"
     return args
 
 
 def parse_scenarios(text) -> list:
-    from convmixer_suite.loadgen_harness import SCENARIOS
+    from convmixer_suite.bench.loadgen import SCENARIOS
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -157,7 +158,7 @@ def log(line):
 def main(argv=None):
     from pathlib import Path
 
-    from convmixer_suite import bench_run
+    from convmixer_suite.bench import benchmark as bench_run
     args = parse_args(argv)
     started = time.perf_counter()
     out = Path(args.out)
@@ -167,8 +168,8 @@ def main(argv=None):
         print(f"wrote {out / 'engines_check.json'} and {out / 'engines_check.md'}")
         return 0 if report["same_json"] else 1
     from convmixer_suite.bench.html_report import write_benchmark_report
-    from convmixer_suite.plot import write_plot
-    from convmixer_suite.report import markdown, write_report
+    from convmixer_suite.bench.throughput_plot import write_plot
+    from convmixer_suite.bench.markdown_report import markdown, write_report
     report = bench_run.run_benchmark(args, log)
     paths = write_report(report, out) + [write_benchmark_report(report, out)]
     plot = write_plot(report, out / "benchmark_throughput.png")

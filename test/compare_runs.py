@@ -9,8 +9,8 @@ top-1 class with its score), then the top-1 agreement over the images both runs 
 import argparse
 import sys
 
-from convmixer_suite.cli import run_main
-from convmixer_suite.records import compare_records, read_records
+from convmixer_suite.util.cli import run_main
+from convmixer_suite.run.records import compare_records, read_records
 
 
 def parse_args(argv):

@@ -36,7 +36,7 @@ source "$REPO_DIR/test/lib.sh"
 try_download() {
     local log
     log="$(mktemp)"
-    if { python3 -m convmixer_suite.download "$1" 2>&1 1>&3 | tee "$log" >&2; } 3>&1; then
+    if { python3 -m convmixer_suite.model.download "$1" 2>&1 1>&3 | tee "$log" >&2; } 3>&1; then
         rm -f "$log"
         return 0
     fi
@@ -106,7 +106,7 @@ if [[ -n "$real_checkpoint" ]]; then
 else
     source_path="./$RANDOM_CHECKPOINT"
     if [[ ! -f "$source_path" ]]; then
-        run_step "2. writing a random checkpoint" "" python3 -m convmixer_suite.demo_data checkpoint "$source_path"
+        run_step "2. writing a random checkpoint" "" python3 -m convmixer_suite.guide.samples checkpoint "$source_path"
     fi
     weights_line="RANDOM weights ($(pwd)/$RANDOM_CHECKPOINT), because $random_reason"
     echo "    using $source_path (seeded RANDOM weights) instead of $CHECKPOINT"
@@ -118,7 +118,7 @@ echo "==> 3. images"
 if [[ -z "$datasets_path" ]]; then
     datasets_path="$(pwd)/imagenet_sample"
     run_step "3. generating sample images" "" \
-        python3 -m convmixer_suite.demo_data dataset "$datasets_path" --num-images "$num_images"
+        python3 -m convmixer_suite.guide.samples dataset "$datasets_path" --num-images "$num_images"
     accuracy_note="${accuracy_note:+$accuracy_note }Generated pictures with rule-based labels: this accuracy means nothing."
 else
     echo "    using $datasets_path"

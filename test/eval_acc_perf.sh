@@ -65,7 +65,7 @@ report_rate() {
 parse_flags "$@"
 check_flags
 require_suite
-[[ -n "$model" ]] || model="$(python3 -m convmixer_suite.guide_files default-model --backend "$backend" \
+[[ -n "$model" ]] || model="$(python3 -m convmixer_suite.guide.files default-model --backend "$backend" \
     --batch-size "$batch_size")"
 readonly bs="$batch_size"
 readonly image_dir="${datasets_path}/val"
@@ -107,7 +107,7 @@ else
     echo "==> 1. preprocessing $image_dir into $prep_dir"
     run_step "1. preprocessing" "" python3 "$REPO_DIR/convmixer_preprocess.py" --image-path "$image_dir" \
         --prep-image "$prep_dir" --batch-size "$bs"
-    num_images="$(python3 -m convmixer_suite.guide_files num-images "$prep_dir")"
+    num_images="$(python3 -m convmixer_suite.guide.files num-images "$prep_dir")"
     report_rate "preprocessing" "$step_seconds"
 
     echo "==> 2. inference ($backend, $model) into $output_dir, log $log_file"

@@ -31,4 +31,4 @@ if ((${#missing[@]})); then
 fi
 require_suite  # from the repository root, or installed (pip install .)
 
-exec python3 -m convmixer_suite.gpu_check "$@"
+exec python3 -m convmixer_suite.tools.gpu_check "$@"

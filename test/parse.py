@@ -13,8 +13,9 @@ import json
 import re
 from pathlib import Path
 
-from convmixer_suite import msame_log
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.guide import msame_log
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
 
 AIS_BENCH_RE = re.compile(r"throughput 1000\*batchsize\.mean\(([\d.]+)\)/NPU_compute_time\.mean\([^)]*\):"
                           r"\s*([\d.eE+-]+)")

@@ -63,7 +63,7 @@ compile_om() {
     require_suite
     [[ -n "$soc_version" ]] || soc_version="$(detect_soc)"
     local chw
-    chw="$(python3 -m convmixer_suite.guide_files input-shape)"
+    chw="$(python3 -m convmixer_suite.guide.files input-shape)"
     echo "==> 2. compiling $ONNX_FILE to $om_name.om with atc (soc $soc_version)"
     local atc_args=(
         --framework=5 --model="$ONNX_FILE" --output="$om_name" --input_format=NCHW

@@ -4,15 +4,16 @@ classifier, generated photos repeated): end-to-end images/s, time to the first b
     python3 test/stream_bench.py --work /tmp/stream_bench --num-images 5000 --engines local ray
     python3 test/stream_bench.py --work /tmp/stream_bench --num-images 5000 --engines ray --cluster-nodes 2
 
-The logic is convmixer_suite/stream_bench.py (importable: pip install -e ., or PYTHONPATH=.); docs/ray.md has the
+The logic is convmixer_suite/bench/stream_bench.py (importable: pip install -e ., or PYTHONPATH=.); docs/ray.md has the
 figures measured with it.
 """
 import argparse
 import contextlib
 import json
 
-from convmixer_suite import stream_bench
-from convmixer_suite.cli import output_folder, positive_int, run_main, write_text_atomic
+from convmixer_suite.bench import stream_bench
+from convmixer_suite.util.files import output_folder, write_text_atomic
+from convmixer_suite.util.cli import positive_int, run_main
 
 
 def main(argv=None):

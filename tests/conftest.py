@@ -242,7 +242,7 @@ def release_server():
 
 def timm_state_dict(state_dict, depth):
     """A locuslab-keyed state dict renamed to timm's ConvMixer keys (``stem.0.``, ``stem.2.``,
-    ``blocks.i.``, ``head.``), written out independently of convmixer_suite.checkpoint's mapping."""
+    ``blocks.i.``, ``head.``), written out independently of convmixer_suite.model.checkpoint's mapping."""
     renames = {"0": "stem.0", "2": "stem.2", str(3 + depth + 2): "head"}
     renames.update({str(3 + i): f"blocks.{i}" for i in range(depth)})
     out = {}
@@ -362,7 +362,7 @@ print("[INFO] throughput 1000*batchsize.mean(2)/NPU_compute_time.mean(2.5): 800.
 
 def export_small_onnx(model, path, batch_size=None):
     """The small model as the ModelZoo export writes it (input ``image``, output ``class``, opset 11),
-    with a dynamic batch axis unless ``batch_size`` fixes it; independent of convmixer_suite.export."""
+    with a dynamic batch axis unless ``batch_size`` fixes it; independent of convmixer_suite.model.export."""
     import warnings
     dynamic = None if batch_size else {"image": {0: "batch"}, "class": {0: "batch"}}
     with warnings.catch_warnings():
@@ -452,7 +452,7 @@ def full_size_demo(tmp_path_factory):
     datasets = cwd / "imagenet"
     photos = [write_photo(datasets / "val" / f"ILSVRC2012_val_{i:08d}.JPEG", size=(400 + 40 * i, 300), seed=i)
               for i in (1, 2, 3)]
-    from convmixer_suite.transform import EvalTransform, load_rgb
+    from convmixer_suite.guide.transform import EvalTransform, load_rgb
     transform = EvalTransform()
     with torch.no_grad():
         predicted = model(torch.from_numpy(np.stack([transform(load_rgb(p)) for p in photos]))).argmax(1).tolist()

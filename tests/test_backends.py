@@ -1,4 +1,4 @@
-"""convmixer_suite.backends: every installed runtime against the PyTorch reference, and the error paths."""
+"""convmixer_suite.runtimes.backends: every installed runtime against the PyTorch reference, and the error paths."""
 import importlib.util
 import sys
 import types
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from conftest import export_small_onnx, fake_om
-from convmixer_suite import backends
-from convmixer_suite.backends import create_backend, resolve_backend
-from convmixer_suite.cli import SettingError, UserError, run_main
+from convmixer_suite.runtimes import backends
+from convmixer_suite.runtimes.backends import create_backend, resolve_backend
+from convmixer_suite.util.errors import SettingError, UserError
+from convmixer_suite.util.cli import run_main
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_int8_uses_the_precision_module_lazily(small_model, small_onnx, batch, t
         calls.append((onnx_path, backend_name, calib_dir, num_calib, sample_shape))
         return onnx_path  # stands in for the quantized model
 
-    monkeypatch.setitem(sys.modules, "convmixer_suite.precision", types.SimpleNamespace(int8_model=int8_model))
+    monkeypatch.setitem(sys.modules, "convmixer_suite.precision.int8", types.SimpleNamespace(int8_model=int8_model))
     backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=tmp_path, num_calib=9)
     assert calls == [(small_onnx, "onnxruntime", tmp_path, 9, (3, 224, 224))] and backend.precision == "int8"
     assert_close(backend.predict(batch), reference(small_model, batch))

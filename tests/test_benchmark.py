@@ -14,7 +14,7 @@ def labels_partly_as_predicted(model, folder, path, right: int) -> tuple:
     """val_label.txt of ``folder``: the first ``right`` images labelled as ``model`` predicts them, the rest with
     its third choice, so a top-1 is neither 0 nor 1. Returns (its path, the images in list order)."""
     import torch
-    from convmixer_suite.transform import EvalTransform, list_images, load_batch
+    from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
     paths, _ = list_images(folder)
     with torch.no_grad():
         logits = model(torch.from_numpy(load_batch(paths, EvalTransform())[0])).numpy()

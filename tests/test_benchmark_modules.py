@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from convmixer_suite import loadgen_harness as lh
-from convmixer_suite.cli import UserError
-from convmixer_suite.cpu_info import describe_cpu, parse_cpuinfo
+from convmixer_suite.bench import loadgen as lh
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.precision.cpu_info import describe_cpu, parse_cpuinfo
 
 SUMMARY = """================================================
 MLPerf Results Summary
@@ -58,7 +58,7 @@ def test_server_bisection_finds_the_highest_passing_qps(capacity):
 
 def test_accuracy_log_is_read_back_by_sample_index_and_scored_into_accuracy_txt(tmp_path):
     import hashlib
-    from convmixer_suite import mlperf_layout
+    from convmixer_suite.bench import mlperf_layout
     classes = [7, 3, 999]
     entries = [{"seq_id": i, "qsl_idx": idx, "data": np.float32(classes[idx]).tobytes().hex().upper()}
                for i, idx in enumerate([2, 0, 1, 2])]  # sample 2 logged twice: counted once
@@ -73,7 +73,7 @@ def test_accuracy_log_is_read_back_by_sample_index_and_scored_into_accuracy_txt(
 
 
 def test_val_map_and_the_submission_layout(tmp_path):
-    from convmixer_suite import mlperf_layout as ml
+    from convmixer_suite.bench import mlperf_layout as ml
     path = ml.write_val_map(tmp_path, ["b.JPEG", "a.JPEG"], [5, 0])
     assert path.name == "val_map.txt" and path.read_text() == "b.JPEG 5\na.JPEG 0\n"
     system = ml.system_name(ml.cpu_hardware_name({"model_name": "AMD EPYC 9R45", "family": "26", "model": "2",
@@ -133,7 +133,7 @@ def test_cpuinfo_is_parsed_with_the_speed_flags():
 def test_ceiling_model_is_the_pointwise_chain_and_its_work_is_counted(tmp_path):
     import onnxruntime as ort
     from convmixer_net import ARCHS, ArchSpec
-    from convmixer_suite import ceiling
+    from convmixer_suite.bench import ceiling
     full = ARCHS["convmixer_1536_20"]
     assert ceiling.ceiling_input_shape(full) == (1536, 32, 32)
     assert ceiling.pointwise_macs(full) == 20 * 1536 * 1536 * 1024  # ~48.3 GMAC
@@ -156,7 +156,7 @@ def test_ceiling_model_is_the_pointwise_chain_and_its_work_is_counted(tmp_path):
 
 def test_efficiency_is_ceiling_time_over_model_time():
     from convmixer_net import ARCHS
-    from convmixer_suite.ceiling import efficiency_rows, model_macs
+    from convmixer_suite.bench.ceiling import efficiency_rows, model_macs
     spec = ARCHS["convmixer_1536_20"]
     rows = [{"config": "a", "batch_size": 1, "latency_ms": {"p50": 100.0, "mean": 180.0}},
             {"config": "b", "batch_size": 4, "latency_ms": {"p50": 400.0, "mean": 400.0}}]
@@ -167,8 +167,8 @@ def test_efficiency_is_ceiling_time_over_model_time():
 
 
 def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
-    from convmixer_suite.backends import create_backend
-    from convmixer_suite.profiling import profile_backend, profile_markdown
+    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.bench.profiling import profile_backend, profile_markdown
     backend = create_backend("onnxruntime", small_onnx)
     rows = profile_backend(backend, np.zeros((1, 3, 224, 224), np.float32), runs=2)
     assert rows and all(r["ms"] >= 0 for r in rows)
@@ -245,7 +245,7 @@ def test_submission_durations_leave_mlperf_conf_its_600_s():
     """--submission-durations: no minimum duration or query count of ours (mlperf.conf's 600 s stand),
     MLPerf's 1024 performance samples and Offline's 24576; --quick's short runs otherwise."""
     import importlib.util
-    from convmixer_suite.bench_run import loadgen_settings
+    from convmixer_suite.bench.benchmark import loadgen_settings
     spec = importlib.util.spec_from_file_location("benchmark_cli", Path(__file__).parent.parent / "test/benchmark.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
@@ -262,7 +262,7 @@ def test_an_accuracy_log_over_the_checkers_size_is_cut_as_truncate_accuracy_log_
     """Its first and last 4096 bytes around a ``...`` line, once accuracy.txt holds the full log's hash; a log
     within the checker's 10240 bytes stays whole."""
     import hashlib
-    from convmixer_suite import mlperf_layout as ml
+    from convmixer_suite.bench import mlperf_layout as ml
     entries = [{"seq_id": i, "qsl_idx": i, "data": np.float32(i % 1000).tobytes().hex().upper()} for i in range(400)]
     log = tmp_path / "accuracy" / ml.ACCURACY_LOG
     log.parent.mkdir()
@@ -281,7 +281,7 @@ def test_an_accuracy_log_over_the_checkers_size_is_cut_as_truncate_accuracy_log_
 def test_the_accuracy_qsl_preprocesses_only_the_set_loadgen_loads(tmp_path):
     """A whole dataset folder never sits in memory: images are decoded when LoadGen loads their set and dropped
     when it unloads it; an image that cannot be read is kept as the run's error, not raised into LoadGen."""
-    from convmixer_suite.demo_data import write_sample_dataset
+    from convmixer_suite.guide.samples import write_sample_dataset
     made = {}
     fake_lg = SimpleNamespace(ConstructQSL=lambda total, performance, load, unload: made.update(
         total=total, performance=performance, load=load, unload=unload) or "qsl")
@@ -298,7 +298,7 @@ def test_the_accuracy_qsl_preprocesses_only_the_set_loadgen_loads(tmp_path):
 
 
 def test_a_run_says_what_the_checker_will_reject():
-    from convmixer_suite import mlperf_submission as sub
+    from convmixer_suite.bench import mlperf_submission as sub
     short = {"settings": {"min_duration_ms": 200}}
     full = {"settings": {"min_duration_ms": 600_000}}
     assert [g.split(":")[0] for g in sub.checker_gaps(short, None)] == ["SHORT RUN", "no accuracy run"]

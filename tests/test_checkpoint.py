@@ -1,4 +1,4 @@
-"""convmixer_suite.checkpoint: every published layout loads to the same model; bad files get one clear error."""
+"""convmixer_suite.model.checkpoint: every published layout loads to the same model; bad files get one clear error."""
 import argparse
 import fractions
 import functools
@@ -9,8 +9,8 @@ from conftest import SMALL, seeded_model, timm_state_dict, write_photo
 from safetensors.torch import save_file
 
 import convmixer_net
-from convmixer_suite import checkpoint
-from convmixer_suite.cli import UserError
+from convmixer_suite.model import checkpoint
+from convmixer_suite.util.errors import UserError
 
 X = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(5))
 

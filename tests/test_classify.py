@@ -10,10 +10,12 @@ import torch
 from conftest import export_small_onnx, offline_env, run_script, seeded_model, write_photo
 
 import convmixer_classify
-from convmixer_suite import classify, imagenet_classes
-from convmixer_suite.backends import create_backend
-from convmixer_suite.cli import UserError, run_main
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.run import classify
+from convmixer_suite.guide import imagenet_classes
+from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
+from convmixer_suite.guide.transform import EvalTransform, load_rgb
 
 GUESS = re.compile(r"^  (\d\.\d{4})  (.+) \((\d+)\)$")
 

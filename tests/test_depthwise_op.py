@@ -1,5 +1,5 @@
 """Our own depthwise half-block operation for OpenVINO and the channels-last ConvMixer built around it
-(convmixer_suite.depthwise_op, native/depthwise_block.cpp): built with the machine's compiler, equal to PyTorch's
+(convmixer_suite.runtimes.depthwise_op, native/depthwise_block.cpp): built with the machine's compiler, equal to PyTorch's
 half-block with each kernel, the channels-last model equal to the exported .onnx in fp32 and within the 2% limit
 in int8, and one-line refusals where no compiler is found or the model is not a ConvMixer."""
 import json
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import export_small_onnx, seeded_model
-from convmixer_suite import depthwise_op
-from convmixer_suite.cli import UserError
-from convmixer_suite.cpu_info import cpu_info
+from convmixer_suite.runtimes import depthwise_op
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.precision.cpu_info import cpu_info
 
 pytest.importorskip("openvino")
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
@@ -124,7 +124,7 @@ def test_the_channels_last_model_is_the_onnx_model(extension, small_onnx, tmp_pa
 def test_the_int8_channels_last_model_is_cached_and_within_the_limit(extension, small_onnx, tmp_path, compute):
     """precision.int8_model with the operation: quantized once (its .calib.json names the operation), within
     the 2% limit of fp32 with it, far from it with the copy in its place (so the operation is what runs)."""
-    from convmixer_suite import precision
+    from convmixer_suite.precision import int8 as precision
     calib = tmp_path / "calib"
     calib.mkdir()
     rng = np.random.default_rng(5)
@@ -150,7 +150,7 @@ def test_other_models_are_refused_in_one_line(extension, tmp_path):
     with pytest.raises(UserError, match=r"needs a multiple of 16 channels, not 24"):
         depthwise_op.channels_last_model(depthwise_op.convmixer_layers(odd), "avx2")
     from convmixer_net import ArchSpec
-    from convmixer_suite.runtime_compare import build_depthwise_onnx
+    from convmixer_suite.tools.runtime_compare import build_depthwise_onnx
     chain = build_depthwise_onnx(ArchSpec("chain", 16, 2, 3, 28), tmp_path / "chain.onnx")
     with pytest.raises(UserError, match=r"chain.onnx: not a ConvMixer as convmixer_pth2onnx.py exports it"):
         depthwise_op.convmixer_layers(chain)
@@ -165,7 +165,7 @@ def photo_batch(calib_dir):
 def test_the_openvino_dwop_backend_is_int8_close_to_fp32(small_onnx, calib_dir):
     """The backend on seven photos at once (its batch-1 model reshaped to 7): as close to fp32 as the other
     int8 backends are held to (tests/test_precision.py), and another model than fp32."""
-    from convmixer_suite.backends import create_backend
+    from convmixer_suite.runtimes.backends import create_backend
     x = photo_batch(calib_dir)
     reference = create_backend("onnxruntime", small_onnx).predict(x)
     backend = create_backend("openvino-dwop", small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5)
@@ -196,9 +196,10 @@ def test_the_infer_script_runs_it_behind_the_fidelity_gate(small_onnx, calib_dir
 def test_the_backend_warns_in_the_avx2_class(small_onnx, calib_dir, caplog, monkeypatch):
     """Where the int8 class is avx2 it says it is the slower choice there (the class itself is tested in
     test_fidelity.py's ONEDNN_MAX_CPU_ISA subprocess; here it is stubbed, not to cap this process's oneDNN)."""
-    from convmixer_suite import backends, cpu_info
+    from convmixer_suite.runtimes import backends
+    from convmixer_suite.precision import cpu_info
     monkeypatch.setattr(cpu_info, "this_int8_class", lambda: "avx2")
-    caplog.set_level("WARNING", logger="convmixer_suite.backends")
+    caplog.set_level("WARNING", logger="convmixer_suite.runtimes.backends")
     backends.OpenVinoDepthwiseBackend(small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5).load()
     assert "openvino-dwop on CPU class avx2 (no VNNI)" in caplog.text
 

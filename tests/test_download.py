@@ -1,4 +1,4 @@
-"""convmixer_suite.download against a local HTTP server on 127.0.0.1: a good transfer, a transfer cut in the
+"""convmixer_suite.model.download against a local HTTP server on 127.0.0.1: a good transfer, a transfer cut in the
 middle, a 404, a file that is not a checkpoint, a wrong model, no server at all and a server that never
 answers. Each ends with one clear line and leaves nothing half-written; the good one loads."""
 import hashlib
@@ -15,9 +15,10 @@ from conftest import REPO, closed_port, seeded_model
 
 import convmixer_net
 import convmixer_pth2onnx
-from convmixer_suite import download
-from convmixer_suite.checkpoint import load_model
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.model import download
+from convmixer_suite.model.checkpoint import load_model
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
 
 SPEC = convmixer_net.ARCHS["convmixer_768_32"]          # the smallest release (85 MB): made at full size
 NAME = SPEC.checkpoint
@@ -175,8 +176,8 @@ def test_pth2onnx_downloads_a_missing_release_or_says_why_not(tmp_path, release,
 
 
 def run_module(*args):
-    """``python3 -m convmixer_suite.download ARGS`` from the repository (the environment carries the base URL)."""
-    return subprocess.run([sys.executable, "-m", "convmixer_suite.download", *map(str, args)], cwd=REPO,
+    """``python3 -m convmixer_suite.model.download ARGS`` from the repository (the environment carries the base URL)."""
+    return subprocess.run([sys.executable, "-m", "convmixer_suite.model.download", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
 
 

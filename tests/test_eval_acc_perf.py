@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO, fake_om, offline_env, run_script, seeded_model, write_photo
-from convmixer_suite.transform import EvalTransform, list_images, load_rgb
+from convmixer_suite.guide.transform import EvalTransform, list_images, load_rgb
 
 NUM_PHOTOS = 7  # with batch size 2: three full batches and one padded
 
@@ -180,7 +180,8 @@ def test_stream_mode_runs_the_streaming_evaluation(work, flow):
 # ---- the quick start: test/demo.sh and its stand-in data ------------------------------------------------
 
 def test_demo_data_writes_a_real_layout_checkpoint_and_a_labelled_sample(tmp_path):
-    from convmixer_suite import checkpoint, demo_data
+    from convmixer_suite.model import checkpoint
+    from convmixer_suite.guide import samples as demo_data
     path = demo_data.write_random_checkpoint(tmp_path / "RANDOM_WEIGHTS_x.pth.tar", arch="convmixer_768_32")
     assert checkpoint.spec_from_state_dict(checkpoint.load_state_dict(path)).name == "convmixer_768_32"
     demo_data.write_sample_dataset(tmp_path / "imagenet", num_images=3)

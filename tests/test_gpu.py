@@ -17,13 +17,14 @@ import convmixer_classify
 import convmixer_infer
 import convmixer_stream_eval
 from conftest import REPO
-from convmixer_suite import backends, gpu_check
-from convmixer_suite.backends import Backend, OnnxRuntimeBackend, create_backend
-from convmixer_suite.cli import SettingError, UserError
-from convmixer_suite.fp16_onnx import fp16_model
-from convmixer_suite.inference import InferenceOptions, run_inference
-from convmixer_suite.run_config import RunConfig
-from convmixer_suite.stream import StreamTimes, local_results
+from convmixer_suite.runtimes import backends
+from convmixer_suite.tools import gpu_check
+from convmixer_suite.runtimes.backends import Backend, OnnxRuntimeBackend, create_backend
+from convmixer_suite.util.errors import SettingError, UserError
+from convmixer_suite.precision.fp16_onnx import fp16_model
+from convmixer_suite.run.inference import InferenceOptions, run_inference
+from convmixer_suite.run.config import RunConfig
+from convmixer_suite.run.stream import StreamTimes, local_results
 
 IMAGE = (3, 224, 224)
 

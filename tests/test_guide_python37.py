@@ -21,7 +21,7 @@ import torch
 from conftest import FAKE_AIS_BENCH, FAKE_MSAME, REPO, seeded_model, write_photo
 from old_pythons import guide_venv
 
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.guide.transform import EvalTransform, load_rgb
 
 FULL_SIZE = dict(dim=1536, depth=20, kernel_size=9, patch_size=7)
 CHECKPOINT = "convmixer_1536_20_ks9_p7.pth.tar"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import export_small_onnx, run_script, seeded_model, write_photo
-from convmixer_suite.manifest import read_manifest
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.guide.manifest import read_manifest
+from convmixer_suite.guide.transform import EvalTransform, load_rgb
 
 NUM_PHOTOS = 7
 BS = 2

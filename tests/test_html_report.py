@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import REPO, seeded_model
-from convmixer_suite import export
+from convmixer_suite.model import export
 from convmixer_suite.bench import figures, html_report, plots
 from convmixer_suite.bench.run_data import ImageResult, Run, check_same_images, weights_origin
-from convmixer_suite.cli import UserError
-from convmixer_suite.scoring import top_k, top_k_probabilities
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.guide.scoring import top_k, top_k_probabilities
 
 
 def test_latency_percentiles_interpolate_linearly():
@@ -84,7 +84,7 @@ def test_the_export_names_its_checkpoint_and_the_report_reads_it(tmp_path):
     random_onnx = exported(tmp_path, "RANDOM_WEIGHTS_small.pth.tar")
     origin = weights_origin(str(random_onnx))
     assert origin["kind"] == "random" and origin["source"] == "RANDOM_WEIGHTS_small.pth.tar"
-    from convmixer_suite.records import file_sha256
+    from convmixer_suite.util.files import file_sha256
     assert origin["sha256"] == file_sha256(tmp_path / "RANDOM_WEIGHTS_small.pth.tar")
     released = weights_origin(str(exported(tmp_path, "convmixer_1536_20_ks9_p7.pth.tar")))
     assert released["kind"] == "released" and released["paper_top1_percent"] == 81.37

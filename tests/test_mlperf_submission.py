@@ -50,7 +50,7 @@ def detail_log(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def submission(tmp_path_factory):
-    from convmixer_suite.demo_data import write_sample_dataset
+    from convmixer_suite.guide.samples import write_sample_dataset
     tmp = tmp_path_factory.mktemp("submission")
     data = write_sample_dataset(tmp / "data", NUM_IMAGES)
     out = tmp / "bench"

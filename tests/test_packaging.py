@@ -69,8 +69,8 @@ def test_the_report_command_is_installed():
 
 
 def test_the_native_sources_are_package_data():
-    """The depthwise operation is compiled from the installed package (convmixer_suite.depthwise_op): every file
-    of convmixer_suite/native must be installed with it, the included kernel as well as the .cpp."""
+    """The depthwise operation is compiled from the installed package (convmixer_suite.runtimes.depthwise_op): every file
+    of convmixer_suite/runtimes/native must be installed with it, the included kernel as well as the .cpp."""
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     sources = sorted(p.name for p in (REPO / "convmixer_suite" / "native").iterdir())
     assert {"depthwise_block.cpp", "depthwise_kernel.inc"} <= set(sources)

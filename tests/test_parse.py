@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import run_script
-from convmixer_suite.scoring import write_accuracy_json
+from convmixer_suite.guide.scoring import write_accuracy_json
 
 MSAME_FOLDER_LOG = """[INFO] acl init success
 [INFO] open device 0 success

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO, SMALL, seeded_model
 
 import convmixer_net
-from convmixer_suite import export
+from convmixer_suite.model import export
 
 UPSTREAM_GIT = Path(os.environ.get("CONVMIXER_UPSTREAM_GIT", "/work/.mirror/locuslab+convmixer/repo"))
 UPSTREAM_COMMIT = "d5fb538"

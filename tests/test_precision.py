@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from convmixer_suite import precision
-from convmixer_suite.backends import create_backend
-from convmixer_suite.cli import UserError
+from convmixer_suite.precision import int8 as precision
+from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.util.errors import UserError
 
 
 def photos(calib_dir):

@@ -12,9 +12,9 @@ import pytest
 import convmixer_preprocess
 from conftest import REPO, run_script, write_photo
 from convmixer_net import DATA_CONFIG
-from convmixer_suite.cli import UserError
-from convmixer_suite.manifest import read_manifest
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.guide.manifest import read_manifest
+from convmixer_suite.guide.transform import EvalTransform, load_rgb
 
 IMAGE_SHAPE = (3, DATA_CONFIG.crop_size, DATA_CONFIG.crop_size)
 

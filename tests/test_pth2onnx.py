@@ -13,8 +13,10 @@ from safetensors.torch import save_file
 
 import convmixer_net
 import convmixer_pth2onnx
-from convmixer_suite import checkpoint, export
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.model import checkpoint
+from convmixer_suite.model import export
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
 
 REL_DIFF = re.compile(r"max \|diff\|/max \|logit\| ([\d.e+-]+)")
 

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import REPO, SLOW_BS, export_small_onnx, run_script, seeded_model, slow_stream_args
-from convmixer_suite.records import records_folder
-from convmixer_suite.stream_bench import LOOPBACK_ENV, loopback_cluster, loopback_environment
+from convmixer_suite.run.records import records_folder
+from convmixer_suite.bench.stream_bench import LOOPBACK_ENV, loopback_cluster, loopback_environment
 from test_stream_eval import labelled  # noqa: F401  (a fixture: labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results
 
@@ -25,7 +25,7 @@ SLOWER = dict(dim=768, depth=8, kernel_size=9, patch_size=7)
 # is at the driver's path).
 WORKER_IMPORTS = """
 import json, sys, ray
-from convmixer_suite import ray_engine
+from convmixer_suite.run import ray_engine
 ray_engine.connect(ray, sys.argv[1])
 @ray.remote
 def where():

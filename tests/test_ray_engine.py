@@ -17,14 +17,13 @@ import numpy as np
 import pytest
 
 from conftest import SLOW_BS, export_small_onnx, run_script, slow_stream_args, write_dark_photo
-from convmixer_suite.records import records_folder
-from convmixer_suite.cli import UserError
-from convmixer_suite.ray_decode import decode_block
-from convmixer_suite.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLICA_CPUS, SINGLE_MACHINE_ENV,
-                                        STALL_BATCHES, StallWatch, batch_results, block_sizes, plan_replicas)
-from convmixer_suite.run_config import RunConfig
-from convmixer_suite.stream import EvalJob
-from convmixer_suite.transform import EvalTransform, list_images, load_batch
+from convmixer_suite.run.records import records_folder
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.run.ray_decode import decode_block
+from convmixer_suite.run.ray_engine import (FAULT_ENV, HANG_ENV, MIN_STALL_S, REPLICA_CPUS, SINGLE_MACHINE_ENV, STALL_BATCHES, StallWatch, batch_results, block_sizes, plan_replicas)
+from convmixer_suite.run.config import RunConfig
+from convmixer_suite.run.stream import EvalJob
+from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
 from test_stream_eval import BS, labelled, recorded_images, stops_at_the_dark_photo  # noqa: F401  (labelled: a fixture,
 # labels that make top-1 4/7)
 from test_stream_resume import NUM_PHOTOS, image_results, kill_after_records
@@ -79,17 +78,18 @@ def ray_address():
 WORKER_IMPORTS = """
 import json, sys
 import numpy as np
-import convmixer_suite.ray_decode
+import convmixer_suite.run.ray_decode
 decode_task = sorted(name for name in sys.modules if name.startswith("convmixer"))
-from convmixer_suite import ray_engine
-from convmixer_suite.run_config import RunConfig
-from convmixer_suite.stream import EvalJob
+from convmixer_suite.run import ray_engine
+from convmixer_suite.run.config import RunConfig
+from convmixer_suite.run.stream import EvalJob
 job = EvalJob([], [], [], [], RunConfig.build(sys.argv[1], backend=sys.argv[2], threads=1, batch_size=2))
 assert job.run.create_backend().predict(np.zeros((2, 3, 224, 224), np.float32)).shape[0] == 2
 print(json.dumps({"decode_task": decode_task, "torch": "torch" in sys.modules}))
 """
-DECODE_TASK_MODULES = {"convmixer_suite", "convmixer_suite.cli", "convmixer_suite.data_config",
-                       "convmixer_suite.ray_decode", "convmixer_suite.transform"}
+DECODE_TASK_MODULES = {"convmixer_suite", "convmixer_suite.util", "convmixer_suite.util.errors",
+                       "convmixer_suite.model", "convmixer_suite.model.data_config", "convmixer_suite.run",
+                       "convmixer_suite.run.ray_decode", "convmixer_suite.guide", "convmixer_suite.guide.transform"}
 
 
 def stream_eval(model, images, labels, out, *extra, env=None):

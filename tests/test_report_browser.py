@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from conftest import REPO, run_script, seeded_model, write_photo
-from convmixer_suite import export
-from convmixer_suite.records import read_records
-from convmixer_suite.transform import EvalTransform, load_rgb
+from convmixer_suite.model import export
+from convmixer_suite.run.records import read_records
+from convmixer_suite.guide.transform import EvalTransform, load_rgb
 
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from convmixer_suite import fidelity
-from convmixer_suite.cli import UserError
-from convmixer_suite.records import check_identity
-from convmixer_suite.run_config import RunConfig
-from convmixer_suite.run_folder import RunFolder
-from convmixer_suite.transform import DATA_CONFIG
+from convmixer_suite.precision import fidelity
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.run.records import check_identity
+from convmixer_suite.run.config import RunConfig
+from convmixer_suite.guide.run_folder import RunFolder
+from convmixer_suite.guide.transform import DATA_CONFIG
 import convmixer_stream_eval
 
 

@@ -1,4 +1,4 @@
-"""convmixer_suite.runtime_compare: the depthwise-alone model, the summary and target checks, and the optional
+"""convmixer_suite.tools.runtime_compare: the depthwise-alone model, the summary and target checks, and the optional
 runtimes (ncnn via pnnx, IREE) against ONNX Runtime on a small ConvMixer (skipped where a runtime is missing)."""
 import importlib.util
 import shutil
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from convmixer_net import ArchSpec
-from convmixer_suite import runtime_compare as rc
-from convmixer_suite.cli import UserError
+from convmixer_suite.tools import runtime_compare as rc
+from convmixer_suite.util.errors import UserError
 
 SPEC = ArchSpec("convmixer_16_2_ks5_p28", 16, 2, 5, 28)  # a feature map of 8x8
 
@@ -104,7 +104,7 @@ def test_iree_agrees_with_onnxruntime(tmp_path):
 def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_onnx, tmp_path, monkeypatch):
     import openvino as ov
 
-    from convmixer_suite import precision
+    from convmixer_suite.precision import int8 as precision
     calib = tmp_path / "calib"
     calib.mkdir()
     rng = np.random.default_rng(3)
@@ -128,7 +128,7 @@ def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_on
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler (g++) here")
 def test_the_depthwise_op_configurations_run_the_backend_and_its_copy(small_onnx, tmp_path):
     """openvino-int8-dw-op is the openvino-dwop backend; -copy the same model with a copy in each half-block."""
-    from convmixer_suite.depthwise_op import OP_TYPE
+    from convmixer_suite.runtimes.depthwise_op import OP_TYPE
     calib = tmp_path / "calib"
     calib.mkdir()
     rng = np.random.default_rng(4)
@@ -156,7 +156,7 @@ def test_the_command_line_refuses_bad_paths_in_one_line(tmp_path, argv, message)
     a_file.write_text("not a folder")
     path = {"FILE": a_file, "MISSING": missing}[argv[1]]
     argv = [argv[0], str(path)] + ([] if argv[0] == "--out" else ["--out", str(tmp_path / "out")])
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.runtime_compare", *argv, "--configs",
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.tools.runtime_compare", *argv, "--configs",
                              "onnxruntime-fp32"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"runtime_compare.py: error: {message.format(path)}"]

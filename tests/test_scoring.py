@@ -1,4 +1,4 @@
-"""convmixer_eval_acc.py / convmixer_suite.scoring: every msame and ais_bench output layout scores to exactly
+"""convmixer_eval_acc.py / convmixer_suite.guide.scoring: every msame and ais_bench output layout scores to exactly
 the top-k that the logits and labels give; every bad input is one error line."""
 import json
 import os
@@ -9,10 +9,10 @@ import pytest
 
 import convmixer_eval_acc
 from conftest import run_script
-from convmixer_suite.cli import UserError
-from convmixer_suite.manifest import Manifest, write_manifest
-from convmixer_suite.scoring import format_accuracy_line, write_accuracy_json
-from convmixer_suite.transform import EvalTransform
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.guide.manifest import Manifest, write_manifest
+from convmixer_suite.guide.scoring import format_accuracy_line, write_accuracy_json
+from convmixer_suite.guide.transform import EvalTransform
 
 LAYOUTS = {  # name: (file name of batch k, format)
     "msame_txt": ("input_{k:05d}_output_0.txt", "txt"),

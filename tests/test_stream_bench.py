@@ -1,10 +1,10 @@
-"""convmixer_suite.stream_bench's inputs: the pooled-colour classifier and the repeated photos (no engine run)."""
+"""convmixer_suite.bench.stream_bench's inputs: the pooled-colour classifier and the repeated photos (no engine run)."""
 import numpy as np
 
-from convmixer_suite.backends import create_backend
-from convmixer_suite.scoring import read_labels
-from convmixer_suite.stream_bench import pooled_colour_onnx, repeated_photos, table
-from convmixer_suite.transform import list_images
+from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.guide.scoring import read_labels
+from convmixer_suite.bench.stream_bench import pooled_colour_onnx, repeated_photos, table
+from convmixer_suite.guide.transform import list_images
 
 
 def test_the_pooled_colour_model_scores_channel_means_at_any_batch_size(tmp_path):
@@ -51,5 +51,5 @@ def test_the_command_line_refuses_a_file_as_work_folder_and_a_zero_count(tmp_pat
 def test_the_driver_process_imports_no_torch_to_count_in_its_peak_rss():
     import sys
     from conftest import run_script
-    result = run_script(sys.executable, "-c", "import sys, convmixer_suite.stream_bench; print('torch' in sys.modules)")
+    result = run_script(sys.executable, "-c", "import sys, convmixer_suite.bench.stream_bench; print('torch' in sys.modules)")
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

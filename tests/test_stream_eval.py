@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import run_script, write_dark_photo, write_photo
-from convmixer_suite.backends import create_backend
-from convmixer_suite.records import read_records, records_folder
-from convmixer_suite.transform import EvalTransform, list_images, load_batch
+from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.run.records import read_records, records_folder
+from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
 
 BS = 3  # seven photos: the last batch has two padding rows
 
@@ -143,8 +143,8 @@ def test_a_reduced_precision_loads_its_model_once_and_never_forks_after(tmp_path
     """The fidelity gate loads the int8 model: the local engine runs that one (not a second load) and spawns its
     decode workers, as a process that runs a runtime must; fp32 forks them before its model loads."""
     import convmixer_stream_eval
-    from convmixer_suite import stream
-    from convmixer_suite.run_config import RunConfig
+    from convmixer_suite.run import stream
+    from convmixer_suite.run.config import RunConfig
     events = []
     create, context = RunConfig.create_backend, stream.get_context
     monkeypatch.setattr(RunConfig, "create_backend", lambda self, **kw: events.append(f"load {self.precision}")

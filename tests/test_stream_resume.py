@@ -10,7 +10,7 @@ import time
 
 from conftest import REPO, SLOW_BS as BS, SLOW_PHOTOS as NUM_PHOTOS, export_small_onnx, run_script, seeded_model
 from conftest import slow_stream_args
-from convmixer_suite.records import read_records, records_folder
+from convmixer_suite.run.records import read_records, records_folder
 
 def image_results(result_json) -> list:
     """A run's per-image records without the batch timings, which differ from run to run."""

@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import write_photo
 from convmixer_net import DATA_CONFIG, DataConfig
-from convmixer_suite.cli import UserError
-from convmixer_suite.transform import EvalTransform, list_images, load_batch, load_rgb
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch, load_rgb
 
 
 def torchvision_reference(path) -> np.ndarray:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from convmixer_suite.bench import figures, plots
 from convmixer_suite.bench.run_data import check_same_images, load_run, top1_logit_differences
-from convmixer_suite.cli import import_library, write_text_atomic
+from convmixer_suite.util.libraries import import_library
+from convmixer_suite.util.files import write_text_atomic
 
 WORST_CLASSES = 20
 CONFUSIONS = 20
@@ -39,7 +40,7 @@ def render(template: str, **context) -> str:
 
 def class_name(index) -> str:
     """``golden retriever (207)``; the bare index for a class beyond ImageNet's 1000."""
-    from convmixer_suite.imagenet_classes import imagenet_classes
+    from convmixer_suite.guide.imagenet_classes import imagenet_classes
     classes = imagenet_classes()
     return f"{classes[index].name} ({index})" if 0 <= index < len(classes) else str(index)
 
@@ -206,7 +207,7 @@ def comparison_html(result_a, result_b, labels=None, **where_a) -> str:
 
 def benchmark_html(report: dict) -> str:
     """The benchmark's report (benchmark.json's content) as HTML."""
-    from convmixer_suite.report import display_name
+    from convmixer_suite.bench.markdown_report import display_name
     names = {r["config"]: display_name(r["config"], report) for r in report["results"]}
     profile = report.get("profile") or {}
     nodes = profile.get("nodes") or []

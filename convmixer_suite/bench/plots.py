@@ -3,7 +3,7 @@ embedded as base64 PNG ``data:`` addresses, so a report needs no other file and 
 import base64
 import io
 
-from convmixer_suite.plot import pyplot, throughput_figure
+from convmixer_suite.bench.throughput_plot import pyplot, throughput_figure
 
 INSTALL_HINT = 'pip install ".[bench]"'
 

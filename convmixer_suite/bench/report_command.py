@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from convmixer_suite.cli import UserError, run_main
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.cli import run_main
 
 
 def parse_args(argv):

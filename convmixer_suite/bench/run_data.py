@@ -11,13 +11,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import convmixer_net
-from convmixer_suite import msame_log
-from convmixer_suite.cli import UserError
-from convmixer_suite.demo_data import RANDOM_WEIGHTS_PREFIX
-from convmixer_suite.manifest import batch_span
-from convmixer_suite.records import read_parts, records_folder
-from convmixer_suite.run_folder import summary_path_of
+from convmixer_suite.model import net as convmixer_net
+from convmixer_suite.guide import msame_log
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.guide.samples import RANDOM_WEIGHTS_PREFIX
+from convmixer_suite.guide.manifest import batch_span
+from convmixer_suite.run.records import read_parts, records_folder
+from convmixer_suite.guide.run_folder import summary_path_of
 
 STREAM_SUMMARY_SUFFIX = "_stream_summary.json"
 BATCH_SIZE_IN_NAME = re.compile(r"_bs(\d+)$")
@@ -69,7 +69,7 @@ def batch_size_of(result_json: Path):
 def load_run(result_json, labels=None, outputs=None, log=None) -> Run:
     """Everything the report shows of the run that wrote ``result_json``; ``labels`` (val_label.txt),
     ``outputs`` (the runner's --output folder) and ``log`` (msame's log) override where they are looked for."""
-    from convmixer_suite.scoring import read_accuracy_json
+    from convmixer_suite.guide.scoring import read_accuracy_json
     result_json = Path(result_json).resolve()
     run = Run(result_json, "files", read_accuracy_json(result_json))
     stream_summary = result_json.with_name(result_json.stem + STREAM_SUMMARY_SUFFIX)
@@ -128,8 +128,8 @@ def load_stream_records(run: Run) -> None:
 
 def load_file_outputs(run: Run, labels, outputs) -> None:
     """The runner's logits, mapped to images by the manifest and scored against val_label.txt."""
-    from convmixer_suite import scoring
-    from convmixer_suite.manifest import read_manifest
+    from convmixer_suite.guide import scoring
+    from convmixer_suite.guide.manifest import read_manifest
     bs = batch_size_of(run.result_json)
     outputs = Path(outputs) if outputs else (run.result_json.with_name(f"outputs_bs{bs}_om") if bs else None)
     if outputs is None or not outputs.is_dir():
@@ -195,7 +195,7 @@ def weights_origin(model) -> dict:
     ONNX export names in its metadata (convmixer_pth2onnx.py writes it). ``kind`` is "random" (a checkpoint
     named RANDOM_WEIGHTS_…, as test/demo.sh writes when the real one is missing), "released" (a released
     checkpoint's name: ``paper_top1_percent`` is its published figure) or "unknown"."""
-    from convmixer_suite import export
+    from convmixer_suite.model import export
     if not model:
         return {"kind": "unknown", "source": None}
     path = Path(model)

@@ -8,14 +8,14 @@ replaced by the explicit symmetric ``kernel_size // 2`` (identical for odd kerne
 and atc accept.
 
 The model's eval data config (timm's ``resolve_data_config`` for these models), ``DATA_CONFIG`` and its class
-``DataConfig``, is defined in ``convmixer_suite.data_config`` (no torch there, so that decoding and the other
+``DataConfig``, is defined in ``convmixer_suite.model.data_config`` (no torch there, so that decoding and the other
 runtimes never import it) and re-exported here under the same names.
 """
 from dataclasses import dataclass
 
 import torch.nn as nn
 
-from convmixer_suite.data_config import DATA_CONFIG, DataConfig  # noqa: F401 (re-exported)
+from convmixer_suite.model.data_config import DATA_CONFIG, DataConfig
 
 __all__ = ["ACTIVATIONS", "ARCHS", "ArchSpec", "ConvMixer", "DATA_CONFIG", "DEFAULT_ARCH", "DataConfig",
            "RELEASE_URL", "Residual", "build_model", "convmixer_1024_20_ks9_p14", "convmixer_1536_20",

@@ -1,0 +1,142 @@
+"""What the benchmark runs on: the architecture, its weights and ONNX export (cached by the checkpoint's hash),
+generated pictures of ImageNet-like sizes, preprocessed calibration images, the loaded configurations and
+the labelled set of an accuracy run. Everything written once under the work folder, so a rerun reuses it."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from convmixer_suite.model.net import ARCHS, ArchSpec
+from convmixer_suite.bench.configs import CONFIGS, REFERENCE
+from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.files import atomic_path
+
+REPO = Path(__file__).resolve().parents[2]
+CUSTOM_ARCH_RE = re.compile(r"^convmixer_(\d+)_(\d+)_ks(\d+)_p(\d+)$")
+PICTURE_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480))  # typical ImageNet val sizes
+CALIB_SEED_OFFSET = 100_000  # calibration pictures never coincide with the fidelity pictures
+
+
+def arch_spec(name) -> ArchSpec:
+    """A released architecture by name, or any ``convmixer_DIM_DEPTH_ksK_pP``."""
+    if name in ARCHS:
+        return ARCHS[name]
+    match = CUSTOM_ARCH_RE.match(name)
+    if not match:
+        raise UserError(f"--arch {name!r}: use one of {', '.join(ARCHS)} or convmixer_DIM_DEPTH_ksK_pP")
+    dim, depth, kernel, patch = map(int, match.groups())
+    return ArchSpec(name, dim, depth, kernel, patch)
+
+
+def seeded_checkpoint(spec: ArchSpec, seed: int, work: Path) -> Path:
+    """Seeded random weights of ``spec`` as a state dict, written once: demo_data's writer for a released
+    architecture; for a custom one (which demo_data does not build) the same seeded default init."""
+    from convmixer_suite.guide.samples import write_random_checkpoint
+    path = Path(work) / f"RANDOM_WEIGHTS_{spec.name}_seed{seed}.pth"
+    if path.is_file():
+        return path
+    if spec.name in ARCHS:
+        return write_random_checkpoint(path, spec.name, seed)
+    import torch
+    torch.manual_seed(seed)
+    with atomic_path(path) as tmp:
+        torch.save(spec.build().eval().state_dict(), tmp)
+    return path
+
+
+def cached_onnx(checkpoint: Path, work: Path, log=print) -> tuple:
+    """The checkpoint exported and verified by convmixer_suite.model.export, cached by its hash; with its architecture."""
+    from convmixer_suite.model.checkpoint import load_model
+    from convmixer_suite.model.export import export_verified
+    from convmixer_suite.util.files import file_sha256
+    model, spec = load_model(checkpoint)
+    path = Path(work) / f"{spec.name}-{file_sha256(checkpoint)[:12]}.onnx"
+    if not path.is_file():
+        log(f"==> exporting {spec.name} to {path}")
+        for line in export_verified(model, path).lines():
+            log(f"    {line}")
+    return path, spec
+
+
+def generated_pictures(folder: Path, count: int, first_index: int = 0) -> Path:
+    """``count`` JPEG pictures of ImageNet-like sizes (demo_data's generated pattern), written once."""
+    from convmixer_suite.guide.samples import sample_picture
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                sample_picture(first_index + i, PICTURE_SIZES[i % len(PICTURE_SIZES)]).save(tmp, format="JPEG",
+                                                                                             quality=90)
+    return folder
+
+
+def preprocess(image_dir: Path, out: Path, workers: int, batch_size: int = 1):
+    """Run convmixer_preprocess.py (the user's command, timed as it runs); returns the images/s it reports
+    (its own timing of the batch writing), or None when it had nothing left to write (a cached folder)."""
+    cmd = [sys.executable, str(REPO / "convmixer_preprocess.py"), "--image-path", str(image_dir),
+           "--prep-image", str(out), "--batch-size", str(batch_size), "--workers", str(workers)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise UserError(f"convmixer_preprocess.py failed on {image_dir}: {result.stderr.strip()[-300:]}")
+    match = re.search(r"in ([\d.]+) s: ([\d.]+) images/s", result.stdout)
+    return float(match.group(2)) if match else None
+
+
+def calibration(work: Path, num_calib: int, log=print) -> Path:
+    """``num_calib`` generated pictures preprocessed for int8 calibration, written once."""
+    import os
+    pictures = generated_pictures(work / f"calib_pictures_{num_calib}", num_calib, CALIB_SEED_OFFSET)
+    folder = work / f"calib_{num_calib}"
+    log(f"==> preprocessing {num_calib} generated calibration pictures into {folder}")
+    preprocess(pictures, folder, os.cpu_count() or 1)
+    return folder
+
+
+def load_pictures(folder: Path, count: int) -> np.ndarray:
+    from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
+    paths, _ = list_images(folder)
+    batch, _ = load_batch(paths[:count], EvalTransform())
+    return batch
+
+
+def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_calib):
+    """The RunConfig of the benchmark configuration ``name`` (benchmark_configs.CONFIGS); its batch size is
+    left open: each timing sets its own."""
+    from convmixer_suite.run.config import RunConfig
+    backend_name, precision = CONFIGS[name]
+    return RunConfig.build(checkpoint if backend_name == "torch" else onnx_path, backend=backend_name,
+                           precision=precision, threads=threads, calib=calib_dir if precision == "int8" else None,
+                           num_calib=num_calib)
+
+
+def load_configs(runs: dict, log=print) -> tuple:
+    """{name: loaded backend} of {name: RunConfig}, and {name: why it was skipped} (a missing optional library,
+    say)."""
+    loaded, skipped = {}, {}
+    for name, run in runs.items():
+        log(f"==> loading {name}")
+        try:
+            loaded[name] = run.create_backend()
+        except UserError as exc:
+            if name == REFERENCE:
+                raise
+            skipped[name] = str(exc)
+            log(f"    skipped: {exc}")
+    return loaded, skipped
+
+
+def accuracy_set(images, labels_path):
+    """Every image of ``images`` with its label from ``labels_path`` (val_label.txt), in order; they are
+    preprocessed as LoadGen loads them."""
+    from convmixer_suite.bench.loadgen import AccuracySet
+    from convmixer_suite.guide.scoring import image_key, read_labels
+    from convmixer_suite.guide.transform import list_images
+    paths, _ = list_images(images)
+    labels = read_labels(labels_path)
+    missing = [p.name for p in paths if image_key(p.name) not in labels]
+    if missing:
+        raise UserError(f"{labels_path}: no label for {missing[0]} (and {len(missing) - 1} more images)")
+    return AccuracySet(paths, [p.name for p in paths], [labels[image_key(p.name)] for p in paths])
