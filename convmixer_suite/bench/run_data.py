@@ -23,8 +23,8 @@ STREAM_SUMMARY_SUFFIX = "_stream_summary.json"
 BATCH_SIZE_IN_NAME = re.compile(r"_bs(\d+)$")
 TOPK = 5
 # The published top-1 of each released checkpoint, in percent ("Patches Are All You Need?", locuslab's README).
-PAPER_TOP1_PERCENT = {convmixer_net.ARCHS["convmixer_1536_20"].checkpoint: 81.37,
-                      convmixer_net.ARCHS["convmixer_768_32"].checkpoint: 80.16}
+PAPER_TOP1_PERCENT = {spec.checkpoint: spec.paper_top1_percent for spec in convmixer_net.ARCHS.values()
+                      if spec.paper_top1_percent is not None}
 
 
 @dataclass

@@ -24,8 +24,9 @@ __all__ = ["ACTIVATIONS", "ARCHS", "ArchSpec", "ConvMixer", "DATA_CONFIG", "DEFA
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """One released ConvMixer variant: its shape, activation, checkpoint file and download address. All of them
-    were evaluated with the one ``DATA_CONFIG``."""
+    """One released ConvMixer variant: its shape, activation, checkpoint file and download address, and the
+    ImageNet top-1 its paper reports for that checkpoint where it does. All of them were evaluated with the one
+    ``DATA_CONFIG``."""
     name: str
     dim: int
     depth: int
@@ -33,6 +34,7 @@ class ArchSpec:
     patch_size: int
     activation: str = "gelu"
     checkpoint: str = ""
+    paper_top1_percent: "float | None" = None
 
     @property
     def url(self) -> str:
@@ -45,9 +47,9 @@ class ArchSpec:
 
 RELEASE_URL = "https://github.com/tmp-iclr/convmixer/releases/download/v1.0/"
 ARCHS = {spec.name: spec for spec in (
-    ArchSpec("convmixer_1536_20", 1536, 20, 9, 7, "gelu", "convmixer_1536_20_ks9_p7.pth.tar"),
+    ArchSpec("convmixer_1536_20", 1536, 20, 9, 7, "gelu", "convmixer_1536_20_ks9_p7.pth.tar", 81.37),
     ArchSpec("convmixer_1024_20_ks9_p14", 1024, 20, 9, 14, "gelu", "convmixer_1024_20_ks9_p14.pth.tar"),
-    ArchSpec("convmixer_768_32", 768, 32, 7, 7, "relu", "convmixer_768_32_ks7_p7_relu.pth.tar"),
+    ArchSpec("convmixer_768_32", 768, 32, 7, 7, "relu", "convmixer_768_32_ks7_p7_relu.pth.tar", 80.16),
 )}
 DEFAULT_ARCH = "convmixer_1536_20"
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
