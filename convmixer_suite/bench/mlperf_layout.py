@@ -43,7 +43,7 @@ def system_name(hardware: str, config: str) -> str:
 
 def cpu_hardware_name(info: dict) -> str:
     """``AMD EPYC f26m2 2cpus``: the CPU's model name, family and model (convmixer_suite.precision.cpu_info: a VM often
-    hides the model number, and Zen 4 and Zen 5 differ by 2x) and its logical CPU count."""
+    hides the model number, and generations under one name differ in speed) and its logical CPU count."""
     where = f" f{info['family']}m{info['model']}" if info.get("family") else ""
     return f"{info.get('model_name') or 'unknown CPU'}{where} {info.get('logical_cpus')}cpus"
 

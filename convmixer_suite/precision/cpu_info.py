@@ -1,7 +1,7 @@
 """Which CPU a measurement ran on: vendor, family/model, the instruction-set flags that decide int8/bf16 speed.
 
-Figures of the benchmark depend on them (Zen 4 and Zen 5 differ by about 2x; AMX, where present, changes int8
-and bf16 again), so every report names them.
+Figures of the benchmark depend on them (CPU generations with the same flags differ widely, and AMX, where
+present, changes int8 and bf16 again), so every report names them.
 """
 import os
 import platform

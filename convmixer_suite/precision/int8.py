@@ -5,14 +5,14 @@ Each runtime gets the quantized form it runs fastest, made by its own library:
 - ``openvino``: NNCF (``nncf.quantize``) on the OpenVINO model read from the ONNX, saved as IR (.xml/.bin).
   OpenVINO's offline fusions run first, so the exported ``x*0.5*(1+erf(x/sqrt2))`` pattern becomes one Gelu
   op: NNCF would otherwise put quantizers inside the pattern and the CPU plugin could no longer fuse GELU
-  and the BatchNorm after it into the int8 convolution (measured: 215 -> 184 ms/image).
+  and the BatchNorm after it into the int8 convolution (docs/precision.md has the figures).
 - ``onnxruntime``: ``onnxruntime.quantization.quantize_static`` in QDQ format, per-channel int8 weights,
   uint8 activations (the u8s8 VNNI kernels), on the model after ``quant_pre_process`` and an opset >= 13
   upgrade (per-channel DequantizeLinear needs opset 13).
 
 The parameters follow the CPU that runs the model (``cpu_info.this_int8_class``). Without VNNI or AMX the int8
-kernels add pairs of u8 x s8 products in 16 bits and saturate: measured on a Zen 3, 0.13 (NNCF defaults) and 0.096
-(QDQ) max |diff| / max |logit| against fp32. There both libraries' own remedy is used, 7-bit weights: NNCF's
+kernels add pairs of u8 x s8 products in 16 bits and saturate, far beyond the fidelity gate's limit with the
+libraries' defaults (docs/precision.md). There both libraries' own remedy is used, 7-bit weights: NNCF's
 ``overflow_fix=ENABLE`` (its default fixes the first layer only) and ONNX Runtime's ``reduce_range=True``.
 
 The last rows of the calibration folder are held out of calibration (``split_rows``): the fidelity gate
@@ -45,8 +45,6 @@ LOG = logging.getLogger(__name__)
 DEFAULT_NUM_CALIB = 300
 HELD_OUT_IMAGES = 8  # the calibration folder's last rows, kept for the fidelity gate
 QDQ_MIN_OPSET = 13
-# Measured side by side on the full ConvMixer-1536/20 (2-core AMD EPYC, avx512_bf16/vnni, batch 1, busy
-# machine; test/benchmark.py): OpenVINO+NNCF int8 457 ms/image, ONNX Runtime QDQ int8 642 ms/image.
 ROUTES = {"openvino": ("nncf", ".xml"), "onnxruntime": ("qdq", ".onnx")}
 INT8_USER = "--precision int8 on this backend"
 
