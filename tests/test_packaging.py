@@ -48,34 +48,26 @@ def test_each_extra_is_its_requirements_file():
         assert extra_pins(extra) == pins(REPO / file) - base, extra
 
 
-def test_the_class_table_is_package_data():
+def test_every_data_file_of_the_package_is_package_data():
+    """A non-editable install copies only what package-data names: the class table, the native sources, the report
+    templates must all be matched by their package's patterns."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "imagenet_classes.tsv" in config["package-data"]["convmixer_suite"]
-    assert (REPO / "convmixer_suite" / "imagenet_classes.tsv").is_file()
+    patterns = config["package-data"]
+    data_files = [p for p in (REPO / "convmixer_suite").rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert {"imagenet_classes.tsv", "depthwise_block.cpp", "evaluation.html.j2"} <= {p.name for p in data_files}
+    for path in data_files:
+        package = next(parent for parent in path.parents if (parent / "__init__.py").is_file())
+        name = ".".join(package.relative_to(REPO).parts)
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns.get(name, ())), \
+            f"{path.relative_to(REPO)} is not package data of {name}"
     assert config["py-modules"] == ["convmixer_net"]
     assert config["packages"]["find"]["include"] == ["convmixer_suite", "convmixer_suite.*"]
 
 
-def test_the_report_templates_are_package_data():
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    templates = sorted((REPO / "convmixer_suite" / "bench" / "templates").iterdir())
-    assert {"evaluation.html.j2", "compare.html.j2", "benchmark.html.j2"} <= {t.name for t in templates}
-    for template in templates:
-        assert any(fnmatch.fnmatch(f"templates/{template.name}", p) for p in patterns["convmixer_suite.bench"])
-
-
 def test_the_report_command_is_installed():
     assert project()["scripts"]["convmixer-report"] == "convmixer_suite.bench.report_command:main"
-
-
-def test_the_native_sources_are_package_data():
-    """The depthwise operation is compiled from the installed package (convmixer_suite.runtimes.depthwise_op): every file
-    of convmixer_suite/runtimes/native must be installed with it, the included kernel as well as the .cpp."""
-    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    sources = sorted(p.name for p in (REPO / "convmixer_suite" / "native").iterdir())
-    assert {"depthwise_block.cpp", "depthwise_kernel.inc"} <= set(sources)
-    for name in sources:
-        assert any(fnmatch.fnmatch(f"native/{name}", p) for p in patterns["convmixer_suite"]), name
 
 
 def test_the_gpu_requirements_are_requirements_txt_with_onnxruntime_gpu_in_place_of_onnxruntime():
