@@ -15,11 +15,11 @@ CONFIGS = {
 REFERENCE = "torch-fp32"
 
 PROFILES = {
-    # ConvMixer-1536/20: about 20 minutes on 2 cores the first time, 12 once the models are cached
+    # the full ConvMixer-1536/20 (docs/benchmarks.md says how long it takes)
     "default": dict(arch="convmixer_1536_20", batch_sizes="1,4,16", iters=10, warmup=2, num_images=16,
                     num_calib=300, stream_images=32, prep_images=200, engines_images=32, server_steps=5,
                     loadgen_min_duration_ms=10_000, server_queries=1024),
-    # a small ConvMixer and few iterations: checks that everything runs, well under a minute
+    # a small ConvMixer and few iterations: checks that everything runs
     "quick": dict(arch="convmixer_32_2_ks5_p14", batch_sizes="1,2", iters=2, warmup=1, num_images=4, num_calib=8,
                   stream_images=4, prep_images=16, engines_images=6, server_steps=3, loadgen_min_duration_ms=200,
                   server_queries=1024),
