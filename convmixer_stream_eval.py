@@ -24,7 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite.guide import msame_log
-from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.runtimes.base import PRECISIONS
+from convmixer_suite.runtimes.registry import BACKEND_NAMES, add_compile_option
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int, run_main
 from convmixer_suite.precision.cpu_info import host_record

@@ -167,7 +167,7 @@ def test_efficiency_is_ceiling_time_over_model_time():
 
 
 def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     from convmixer_suite.bench.profiling import profile_backend, profile_markdown
     backend = create_backend("onnxruntime", small_onnx)
     rows = profile_backend(backend, np.zeros((1, 3, 224, 224), np.float32), runs=2)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_script
 from convmixer_suite.precision import int8 as precision
-from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.util.errors import UserError
 
 

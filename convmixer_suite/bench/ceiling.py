@@ -109,7 +109,7 @@ def efficiency_rows(rows, ceilings, spec) -> None:
 def load_ceilings(configs: dict, spec, work: Path, threads=None, num_calib: int = 32, log=print) -> tuple:
     """{config: loaded backend of its ceiling model} for each {config: (backend name, precision)} that runs
     ONNX (PyTorch eager has no ceiling model here), and {config: why not} for those that failed to load."""
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     from convmixer_suite.util.errors import UserError
     onnx_path = build_pointwise_onnx(spec, Path(work) / f"ceiling_pointwise_{spec.name}.onnx")
     calib_dir = None

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convmixer_suite.runtimes.backends import create_backend, resolve_backend
+from convmixer_suite.runtimes.registry import create_backend, resolve_backend
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int
 from convmixer_suite.precision.int8 import DEFAULT_NUM_CALIB

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import convmixer_suite
-from convmixer_suite.runtimes.backends import parse_device
+from convmixer_suite.runtimes.base import parse_device
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.guide.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.run.ray_decode import decode_block
