@@ -1,7 +1,7 @@
 """ONNX Runtime: the default runtime, on the CPU or, with onnxruntime-gpu, on CUDA or TensorRT."""
 from convmixer_suite.runtimes import cuda
 from convmixer_suite.runtimes.base import Backend, check_batch
-from convmixer_suite.util.errors import SettingError, UserError
+from convmixer_suite.util.errors import SettingError, UserError, first_line
 from convmixer_suite.util.libraries import import_library
 
 # A session whose nodes must all run on the providers listed (no CPU fallback), and the start of its refusal when
@@ -46,7 +46,7 @@ class OnnxRuntimeBackend(Backend):
 
     def new_session(self, ort, path, wanted):
         """The session on the provider ``wanted``. A file that is not a model, and a GPU provider that cannot run
-        every node, are refused in one line; any other failure of ONNX Runtime is its own, raised as it is."""
+        every node, are refused in one line; any other failure is ONNX Runtime's own, raised with it as the cause."""
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
@@ -59,14 +59,15 @@ class OnnxRuntimeBackend(Backend):
         try:
             return ort.InferenceSession(str(path), options, providers=self.providers(wanted))
         except Exception as exc:  # onnxruntime raises exception types of its own, none of them a common base
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            first = first_line(exc)
             if CPU_FALLBACK_REFUSED in first:
                 raise SettingError("device", f"{self.device}: {wanted} cannot run every operator of {path.name} "
                                              f"(ONNX Runtime would run the rest on the CPU, copying tensors on every "
                                              f"call); run it on --device cpu, or another --precision") from exc
             if type(exc).__name__ in NOT_A_MODEL:
                 raise UserError(f"{path}: onnxruntime cannot load this model: {first}") from exc
-            raise
+            raise RuntimeError(f"{path}: onnxruntime could not start a session on {wanted}: "
+                               f"{type(exc).__name__}: {first}") from exc
 
     def providers(self, wanted):
         """The asked provider alone; TensorRT with the CUDA provider behind it for the operators TensorRT does not

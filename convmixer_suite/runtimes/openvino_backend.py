@@ -5,7 +5,7 @@ import logging
 import numpy as np
 
 from convmixer_suite.runtimes.base import Backend, check_batch
-from convmixer_suite.util.errors import SettingError, UserError
+from convmixer_suite.util.errors import SettingError, UserError, first_line
 from convmixer_suite.util.libraries import import_library
 
 LOG = logging.getLogger(__name__)
@@ -68,10 +68,16 @@ class OpenVinoBackend(Backend):
         try:
             return core.read_model(str(path))
         except RuntimeError as exc:
-            raise UserError(f"{path}: openvino cannot read this model: {str(exc).strip().splitlines()[0]}") from exc
+            raise UserError(f"{path}: openvino cannot read this model: {first_line(exc)}") from exc
 
     def _compile(self, model):
-        return self.core.compile_model(model, self.ov_device, self.ov_config).create_infer_request()
+        """An infer request of ``model`` compiled for the device; a failure is OpenVINO's own, raised with it as
+        the cause."""
+        try:
+            return self.core.compile_model(model, self.ov_device, self.ov_config).create_infer_request()
+        except RuntimeError as exc:
+            raise RuntimeError(f"{self.ov_path}: openvino could not compile this model for {self.ov_device}: "
+                               f"{first_line(exc)}") from exc
 
     def _request_for(self, batch_size):
         """The request for this batch size. A model with a dynamic batch axis is compiled once per batch

@@ -33,3 +33,8 @@ class SettingError(UserError):
 
     def flag_message(self) -> str:
         return f"--{self.setting.replace('_', '-')} {self.text}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message, or its type's name when it has none."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
