@@ -20,7 +20,7 @@ DEBUG_ENV = "CONVMIXER_DEBUG"  # "1": the same for every command of a shell or a
 
 def run_main(main, argv=None, modern_stack=False) -> None:
     """Run ``main(argv)`` and exit: 0 on success; 2 with one ``prog: error: …`` line on a UserError (a
-    SettingError worded with its flag); 1 on any other exception, in one line with its type and the way to see
+    SettingError worded with its flag; only its first line, should a library have added lines to it); 1 on any other exception, in one line with its type and the way to see
     its traceback; 130 on Ctrl-C. With ``--debug`` among the arguments (taken out before ``main`` sees them) or
     CONVMIXER_DEBUG=1, a failure prints its whole traceback instead, its causes included, with the same status.
     ``modern_stack``: the script needs ``MODERN_PYTHON``, and says so in one line (exit 2) on an older one."""
@@ -42,7 +42,7 @@ def run_main(main, argv=None, modern_stack=False) -> None:
         if debug:
             traceback.print_exc()
         elif user_error:
-            print_error(exc.flag_message() if isinstance(exc, SettingError) else exc)
+            print_error(exc.flag_message() if isinstance(exc, SettingError) else first_line(exc))
         else:
             print_error(f"{failure_line(exc)} (run with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)")
         sys.exit(2 if user_error else 1)
