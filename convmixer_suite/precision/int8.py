@@ -104,7 +104,7 @@ def load_onnx(path, load_external_data=True):
         return onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: not a readable ONNX model ({reason})") from None
+        raise UserError(f"{path}: not a readable ONNX model ({reason})") from exc
 
 
 def quantizer_settings(route: str, cpu_class: str) -> dict:
