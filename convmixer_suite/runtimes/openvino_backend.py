@@ -81,8 +81,8 @@ class OpenVinoBackend(Backend):
 
     def _request_for(self, batch_size):
         """The request for this batch size. A model with a dynamic batch axis is compiled once per batch
-        size it meets, with that size fixed: OpenVINO runs a dynamic axis on generic kernels, measured
-        here at 530 ms an image in bf16 against 237 ms static (batch 1, ConvMixer-1536/20)."""
+        size it meets, with that size fixed: OpenVINO runs a dynamic axis on generic kernels, far slower
+        (docs/measurements-history.md)."""
         if batch_size not in self.requests:
             model = self.model.clone()
             model.reshape([batch_size] + list(self.input_shape))
@@ -132,7 +132,7 @@ class OpenVinoDepthwiseBackend(OpenVinoBackend):
         self.depthwise = DepthwiseOp(isa, self.compute, self.model_path.parent / "convmixer_native")
         if cpu_info.this_int8_class() == "avx2":
             LOG.warning(f"{self.name} on CPU class avx2 (no VNNI): OpenVINO's int8 matrix products are slow there; "
-                        f"measured 1.7x slower than --backend openvino (docs/depthwise-op.md)")
+                        f"slower than --backend openvino (docs/depthwise-op.md)")
         super()._load()
         self.version = f"{self.version}, own depthwise op ({isa})"
 

@@ -1,5 +1,5 @@
 """The one list of runtimes: name -> Backend class. ``create_backend`` builds and loads one by name, ``auto``
-resolved by ``resolve_backend``; ``add_compile_option`` is the commands' ``--compile``.
+resolved by ``resolve_backend``.
 
 Importing this imports no runtime library: each backend imports its own when it loads (a Ray decode task and
 the guide's Python 3.7 import this module)."""
@@ -10,7 +10,7 @@ from pathlib import Path
 from convmixer_suite.model.data_config import IMAGE_SHAPE
 from convmixer_suite.precision.int8 import DEFAULT_NUM_CALIB
 from convmixer_suite.runtimes.ascend import AisBenchBackend, MsameBackend
-from convmixer_suite.runtimes.base import COMPILE_MODES, Backend
+from convmixer_suite.runtimes.base import Backend
 from convmixer_suite.runtimes.onnxruntime_backend import OnnxRuntimeBackend
 from convmixer_suite.runtimes.openvino_backend import OpenVinoBackend, OpenVinoDepthwiseBackend
 from convmixer_suite.runtimes.torch_backend import TorchBackend
@@ -21,19 +21,10 @@ BACKENDS = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, OpenV
 BACKEND_NAMES = tuple(BACKENDS)
 
 
-def add_compile_option(parser) -> None:
-    """The commands' ``--compile [MODE]`` (torch backend only)."""
-    parser.add_argument("--compile", dest="compile_mode", nargs="?", const="reduce-overhead", default=None,
-                        choices=COMPILE_MODES, metavar="MODE",
-                        help="torch backend: run the model through torch.compile, MODE one of "
-                             f"{', '.join(COMPILE_MODES)} (default when given: reduce-overhead, i.e. CUDA graphs "
-                             "on a GPU); each new batch size compiles once")
-
-
 def resolve_backend(name, model_path, precision="fp32") -> str:
     """``auto``: msame for an .om when msame is on PATH (an .om without msame is refused: no CPU runtime
-    reads it); else, for bf16 (which only OpenVINO runs on a CPU) and int8 (OpenVINO with NNCF measured about 1.4x
-    faster than ONNX Runtime's QDQ here), openvino when it is installed; else onnxruntime.
+    reads it); else, for bf16 (which only OpenVINO runs on a CPU) and int8 (OpenVINO with NNCF measured faster
+    than ONNX Runtime's QDQ, docs/precision.md), openvino when it is installed; else onnxruntime.
     Any other name is checked and returned."""
     if name != "auto":
         if name not in BACKENDS:
