@@ -100,3 +100,15 @@ def test_a_runtime_failure_keeps_its_cause_and_is_not_a_user_error(small_onnx, m
     monkeypatch.delenv("CONVMIXER_DEBUG", raising=False)
     status, err = ends(lambda argv: create_backend("onnxruntime", small_onnx), [], capsys)
     assert status == 1 and len(err.strip().splitlines()) == 1 and err.strip().endswith(f"a kernel failed {HINT}")
+
+
+def test_a_script_takes_debug_anywhere_without_its_parser_knowing_it(tmp_path):
+    from conftest import run_script
+    args = ("convmixer_infer.py", "--model", tmp_path / "missing.onnx", "--input", tmp_path, "--output", tmp_path / "o")
+    plain = run_script(*args, env={"CONVMIXER_DEBUG": ""})
+    assert plain.returncode == 2 and plain.stderr.strip().splitlines() == [
+        f"convmixer_infer.py: error: {tmp_path / 'missing.onnx'}: model file not found"]
+    debug = run_script(*args[:3], "--debug", *args[3:], env={"CONVMIXER_DEBUG": ""})
+    assert debug.returncode == 2 and debug.stderr.startswith("Traceback (most recent call last)")
+    assert debug.stderr.strip().splitlines()[-1] == (
+        f"convmixer_suite.util.errors.UserError: {tmp_path / 'missing.onnx'}: model file not found")
