@@ -14,7 +14,9 @@ import numpy as np
 
 from convmixer_suite.run import classify
 from convmixer_suite.precision import fidelity
-from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.runtimes.base import PRECISIONS
+from convmixer_suite.runtimes.registry import BACKEND_NAMES
+from convmixer_suite.run.config import add_compile_option
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int, print_error, run_main
 from convmixer_suite.guide.imagenet_classes import NUM_CLASSES

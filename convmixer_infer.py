@@ -17,11 +17,12 @@ gate of fp16/bf16/int8), --compile [MODE] (torch.compile), --resume latest|FOLDE
 """
 import argparse
 
-from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.runtimes.base import PRECISIONS
+from convmixer_suite.runtimes.registry import BACKEND_NAMES
 from convmixer_suite.util.cli import run_main
 from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.run.inference import InferenceOptions, run_inference
-from convmixer_suite.run.config import RunConfig, add_num_calib_option
+from convmixer_suite.run.config import RunConfig, add_compile_option, add_num_calib_option
 
 
 def parse_args(argv):

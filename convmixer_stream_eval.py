@@ -24,13 +24,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite.guide import msame_log
-from convmixer_suite.runtimes.backends import BACKEND_NAMES, PRECISIONS, add_compile_option
+from convmixer_suite.runtimes.base import PRECISIONS
+from convmixer_suite.runtimes.registry import BACKEND_NAMES
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int, run_main
 from convmixer_suite.precision.cpu_info import host_record
 from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.run.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
-from convmixer_suite.run.config import RunConfig, add_num_calib_option
+from convmixer_suite.run.config import RunConfig, add_compile_option, add_num_calib_option
 from convmixer_suite.guide.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
 from convmixer_suite.run.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, refuse_other_runs_records, relative_names, resumable_job)
 from convmixer_suite.guide.transform import list_images

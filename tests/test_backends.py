@@ -1,15 +1,16 @@
-"""convmixer_suite.runtimes.backends: every installed runtime against the PyTorch reference, and the error paths."""
+"""convmixer_suite.runtimes: every installed runtime against the PyTorch reference, and the error paths."""
 import importlib.util
 import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import export_small_onnx, fake_om
-from convmixer_suite.runtimes import backends
-from convmixer_suite.runtimes.backends import create_backend, resolve_backend
+from convmixer_suite.precision import int8
+from convmixer_suite.runtimes import ascend
+from convmixer_suite.runtimes.openvino_backend import OpenVinoBackend
+from convmixer_suite.runtimes.registry import create_backend, resolve_backend
 from convmixer_suite.util.errors import SettingError, UserError
 from convmixer_suite.util.cli import run_main
 
@@ -80,7 +81,7 @@ def test_openvino_bf16_runs_close_to_fp32(small_model, small_onnx, batch):
 
 def test_openvino_bf16_falls_back_to_fp32_without_cpu_support(small_model, small_onnx, batch, monkeypatch, capsys):
     pytest.importorskip("openvino")
-    monkeypatch.setattr(backends.OpenVinoBackend, "device_has_bf16", staticmethod(lambda core, device: False))
+    monkeypatch.setattr(OpenVinoBackend, "device_has_bf16", staticmethod(lambda core, device: False))
     backend = create_backend("openvino", small_onnx, threads=1, precision="bf16")
     assert backend.precision == "fp32"
     assert "lacks bf16 support; running fp32 instead" in capsys.readouterr().err
@@ -145,7 +146,7 @@ def test_msame_missing_is_a_clear_error(tmp_path, small_onnx, monkeypatch):
 
 def test_ais_bench_missing_is_a_clear_error(tmp_path, small_onnx, monkeypatch):
     monkeypatch.setitem(sys.modules, "ais_bench", None)
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ascend.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="ais_bench is not installed"):
         create_backend("ais_bench", fake_om(tmp_path / "m.om", small_onnx))
 
@@ -186,14 +187,14 @@ def test_unreadable_model_names_the_file(tmp_path):
         create_backend("onnxruntime", tmp_path / "missing.onnx")
 
 
-def test_int8_uses_the_precision_module_lazily(small_model, small_onnx, batch, tmp_path, monkeypatch):
+def test_int8_runs_the_model_the_precision_module_makes(small_model, small_onnx, batch, tmp_path, monkeypatch):
     calls = []
 
     def int8_model(onnx_path, backend_name, calib_dir, num_calib, sample_shape):
         calls.append((onnx_path, backend_name, calib_dir, num_calib, sample_shape))
         return onnx_path  # stands in for the quantized model
 
-    monkeypatch.setitem(sys.modules, "convmixer_suite.precision.int8", types.SimpleNamespace(int8_model=int8_model))
+    monkeypatch.setattr(int8, "int8_model", int8_model)
     backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=tmp_path, num_calib=9)
     assert calls == [(small_onnx, "onnxruntime", tmp_path, 9, (3, 224, 224))] and backend.precision == "int8"
     assert_close(backend.predict(batch), reference(small_model, batch))

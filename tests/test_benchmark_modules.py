@@ -2,7 +2,9 @@
 bisection's logic, user.conf read through FromConfig, the accuracy QSL's lazy loading; mlperf_layout: the
 accuracy log read back and cut, accuracy.txt, val_map.txt, the submission folders; mlperf_submission: what the
 checker will reject), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,
-the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type)."""
+the work counted, the efficiency math), profiling (ONNX Runtime's profiler summed per node type), loading
+(a configuration that fails is failed, with its line, one this machine cannot run skipped) and the reports of
+both."""
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -167,7 +169,7 @@ def test_efficiency_is_ceiling_time_over_model_time():
 
 
 def test_onnxruntime_profile_counts_every_conv_of_the_model(small_onnx):
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     from convmixer_suite.bench.profiling import profile_backend, profile_markdown
     backend = create_backend("onnxruntime", small_onnx)
     rows = profile_backend(backend, np.zeros((1, 3, 224, 224), np.float32), runs=2)
@@ -306,3 +308,69 @@ def test_a_run_says_what_the_checker_will_reject():
     assert "covered 16 images" in sub.checker_gaps(full, {"num_images": 16})[0]
     with pytest.raises(UserError, match="--system-name 'a b'"):
         sub.check_name("a b", "--system-name")
+
+
+# ---- loading: failed or skipped ------------------------------------------------------------------------------
+
+def broken_runtime(name):
+    try:
+        raise ValueError("kernel table corrupt")
+    except ValueError as exc:
+        raise RuntimeError(f"{name}: the runtime could not start\nmore detail") from exc
+
+
+def raising(exc):
+    def load():
+        raise exc
+    return load
+
+
+def test_a_configuration_that_fails_is_failed_with_its_line_and_one_that_cannot_run_here_skipped(small_onnx,
+                                                                                                  monkeypatch):
+    import sys
+    from convmixer_suite.bench.loading import load_each
+    from convmixer_suite.runtimes.registry import create_backend
+    from convmixer_suite.util.errors import SettingError
+    monkeypatch.setitem(sys.modules, "openvino", None)  # an optional library missing: `import openvino` fails
+    loaders = {"onnxruntime-fp32": lambda: create_backend("onnxruntime", small_onnx),
+               "openvino-fp32": lambda: create_backend("openvino", small_onnx),
+               "torch-cuda": raising(SettingError("device", "cuda:0: no GPU", unavailable=True)),
+               "broken": lambda: broken_runtime("broken"),
+               "not-a-model": raising(UserError("x.onnx: not a model"))}
+    lines = []
+    loaded, skipped, failed = load_each(loaders, lambda name: loaders[name](), lines.append)
+    assert list(loaded) == ["onnxruntime-fp32"]
+    assert list(skipped) == ["openvino-fp32", "torch-cuda"] and skipped["openvino-fp32"].endswith("pip install openvino")
+    assert failed == {"broken": "RuntimeError: broken: the runtime could not start", "not-a-model": "x.onnx: not a model"}
+    assert "    FAILED: RuntimeError: broken: the runtime could not start" in lines
+    assert "    skipped: device cuda:0: no GPU" in lines
+    with pytest.raises(RuntimeError) as raised:  # the reference: nothing is measured without it
+        load_each(loaders, lambda name: loaders[name](), lines.append, required=("broken",))
+    assert isinstance(raised.value.__cause__, ValueError)
+    with pytest.raises(RuntimeError):
+        load_each(["broken"], broken_runtime, lines.append, raise_failures=True)
+    assert load_each(["torch-cuda"], lambda name: loaders[name](), lines.append, raise_failures=True)[1]
+
+
+def test_the_reports_show_a_failed_configuration_as_failed_and_a_skipped_one_as_skipped(tmp_path):
+    import csv
+    from conftest import REPO
+    from convmixer_suite.bench.html_report import benchmark_html
+    from convmixer_suite.bench.markdown_report import markdown, write_report
+    report = json.loads(next(REPO.glob("docs/results/*/benchmark.json")).read_text())
+    report.update(failed={"openvino-int8": "RuntimeError: the runtime could not start"},
+                  skipped={"openvino-bf16": "the openvino backend needs the Python package 'openvino'"})
+    report["ceiling"]["failed"] = {"onnxruntime-int8": "RuntimeError: no kernel"}
+    text = markdown(report)
+    assert "\nFAILED: openvino-int8 (RuntimeError: the runtime could not start)\n" in text
+    assert "\nFAILED: ceiling of onnxruntime-int8 (RuntimeError: no kernel)\n" in text
+    assert "\nSkipped: openvino-bf16 (the openvino backend needs the Python package 'openvino')\n" in text
+    write_report(report, tmp_path)
+    rows = list(csv.DictReader(next(tmp_path.glob("benchmark-*.csv")).open()))
+    assert [r["status"] for r in rows] == ["measured"] * len(report["results"]) + ["failed", "skipped"]
+    assert (rows[-2]["config"], rows[-2]["reason"], rows[-2]["p50_ms"]) == \
+        ("openvino-int8", "RuntimeError: the runtime could not start", "")
+    html = benchmark_html(report)
+    assert '<p class="bad" id="failed">FAILED: openvino-int8 (RuntimeError: the runtime could not start)</p>' in html
+    assert '<p class="bad" id="ceiling-of-failed">FAILED: ceiling of onnxruntime-int8' in html
+    assert '<p class="note" id="skipped">Skipped: openvino-bf16' in html

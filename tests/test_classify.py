@@ -12,7 +12,7 @@ from conftest import export_small_onnx, offline_env, run_script, seeded_model, w
 import convmixer_classify
 from convmixer_suite.run import classify
 from convmixer_suite.guide import imagenet_classes
-from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import run_main
 from convmixer_suite.guide.transform import EvalTransform, load_rgb

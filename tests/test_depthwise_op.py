@@ -165,7 +165,7 @@ def photo_batch(calib_dir):
 def test_the_openvino_dwop_backend_is_int8_close_to_fp32(small_onnx, calib_dir):
     """The backend on seven photos at once (its batch-1 model reshaped to 7): as close to fp32 as the other
     int8 backends are held to (tests/test_precision.py), and another model than fp32."""
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     x = photo_batch(calib_dir)
     reference = create_backend("onnxruntime", small_onnx).predict(x)
     backend = create_backend("openvino-dwop", small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5)
@@ -196,11 +196,11 @@ def test_the_infer_script_runs_it_behind_the_fidelity_gate(small_onnx, calib_dir
 def test_the_backend_warns_in_the_avx2_class(small_onnx, calib_dir, caplog, monkeypatch):
     """Where the int8 class is avx2 it says it is the slower choice there (the class itself is tested in
     test_fidelity.py's ONEDNN_MAX_CPU_ISA subprocess; here it is stubbed, not to cap this process's oneDNN)."""
-    from convmixer_suite.runtimes import backends
+    from convmixer_suite.runtimes import openvino_backend
     from convmixer_suite.precision import cpu_info
     monkeypatch.setattr(cpu_info, "this_int8_class", lambda: "avx2")
-    caplog.set_level("WARNING", logger="convmixer_suite.runtimes.backends")
-    backends.OpenVinoDepthwiseBackend(small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5).load()
+    caplog.set_level("WARNING", logger="convmixer_suite.runtimes.openvino_backend")
+    openvino_backend.OpenVinoDepthwiseBackend(small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5).load()
     assert "openvino-dwop on CPU class avx2 (no VNNI)" in caplog.text
 
 

@@ -120,7 +120,7 @@ def test_the_stream_gate_stops_before_any_record_and_keeps_its_figures(small_onn
 
 def test_the_gate_without_calib_uses_the_runs_first_images(small_onnx, calib_dir):
     ov = pytest.importorskip("openvino")
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     backend = create_backend("openvino", small_onnx, precision="bf16")
     inputs = sorted(calib_dir.glob("input_*.bin"))
     figures = fidelity.gate(backend, lambda: fidelity.samples_from_batch_files(inputs, backend.input_shape),
@@ -139,7 +139,7 @@ def test_avx2_kernels_saturate_without_the_overflow_fix(small_onnx, calib_dir, m
         pytest.skip("runs where the int8 class is avx2: natively, or in the ONEDNN_MAX_CPU_ISA=AVX2 subprocess below")
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     x, _ = precision.held_out_images(calib_dir)
     reference = create_backend("onnxruntime", small_onnx).predict(x)
     errors = {}
@@ -171,7 +171,7 @@ def test_int8_is_right_with_the_avx2_only_kernels_on_any_cpu():
 def test_one_nan_logit_fails_the_gate_and_its_record_says_why(small_onnx, calib_dir):
     """One NaN in the reduced model's logits: max |diff| is NaN, and NaN > limit is false; the gate must still
     refuse, from the figures it measures and from the record it reads back."""
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     backend = create_backend("onnxruntime", small_onnx, precision="int8", calib_dir=calib_dir, num_calib=5)
     predict = backend.predict
 

@@ -17,9 +17,12 @@ import convmixer_classify
 import convmixer_infer
 import convmixer_stream_eval
 from conftest import REPO
-from convmixer_suite.runtimes import backends
+from convmixer_suite.runtimes import cuda, onnxruntime_backend
 from convmixer_suite.tools import gpu_check
-from convmixer_suite.runtimes.backends import Backend, OnnxRuntimeBackend, create_backend
+from convmixer_suite.runtimes.base import Backend
+from convmixer_suite.runtimes.onnxruntime_backend import OnnxRuntimeBackend
+from convmixer_suite.runtimes.openvino_backend import OpenVinoBackend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.util.errors import SettingError, UserError
 from convmixer_suite.precision.fp16_onnx import fp16_model
 from convmixer_suite.run.inference import InferenceOptions, run_inference
@@ -137,7 +140,7 @@ def torch_fp32_flags():
 def test_fp32_on_cuda_is_ieee_in_the_settings_torch_reads(fake_card, torch_fp32_flags):
     """torch 2.13 reads TF32 from fp32_precision; allow_tf32 = False alone left convolutions at "none"."""
     fake_card((9, 0), "NVIDIA H200")
-    assert backends.cuda_device(torch, "cuda:0", 0, "fp32") == torch.device("cuda:0")
+    assert cuda.cuda_device(torch, "cuda:0", 0, "fp32") == torch.device("cuda:0")
     b = torch.backends
     assert (b.cuda.matmul.fp32_precision, b.cudnn.conv.fp32_precision, b.cudnn.rnn.fp32_precision) == \
         ("ieee", "ieee", "ieee")
@@ -167,11 +170,11 @@ def test_onnxruntime_fp16_on_cpu_is_one_line(small_onnx):
 
 def test_openvino_fp16_needs_the_device_to_report_it(small_onnx, monkeypatch):
     pytest.importorskip("openvino")
-    monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "BF16"]))
+    monkeypatch.setattr(OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "BF16"]))
     with pytest.raises(UserError, match=r"precision fp16: OpenVINO's CPU has no fp16 inference here \(its "
                                         r"OPTIMIZATION_CAPABILITIES: FP32, BF16; on a CPU fp16 needs AVX512_FP16"):
         create_backend("openvino", small_onnx, precision="fp16")
-    monkeypatch.setattr(backends.OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "FP16"]))
+    monkeypatch.setattr(OpenVinoBackend, "capabilities", staticmethod(lambda core, device: ["FP32", "FP16"]))
     backend = create_backend("openvino", small_onnx, precision="fp16")  # dynamic batch: compiled at first use
     assert (backend.precision, backend.ov_config["INFERENCE_PRECISION_HINT"]) == ("fp16", "f16")
 
@@ -262,7 +265,7 @@ class FakeOrt:
 def fake_ort(monkeypatch):
     def install(refusal=None):
         fake = FakeOrt(refusal)
-        monkeypatch.setattr(backends, "import_library", lambda *args: fake)
+        monkeypatch.setattr(onnxruntime_backend, "import_library", lambda *args: fake)
         return fake
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE", raising=False)
     return install

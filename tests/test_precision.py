@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_script
 from convmixer_suite.precision import int8 as precision
-from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.util.errors import UserError
 
 
@@ -108,3 +108,25 @@ def test_a_damaged_onnx_is_one_line_before_quantizing(small_onnx, calib_dir, tmp
     with pytest.raises(UserError, match=r"damaged.onnx: not a readable ONNX model \("):
         precision.int8_model(damaged, backend_name, calib_dir)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("damaged")) == ["damaged.onnx"]
+
+
+def test_the_quantizer_s_warnings_are_dropped_at_their_source_and_the_root_logger_is_left_as_it_was(
+        small_onnx, calib_dir, tmp_path, caplog):
+    """ONNX Runtime's quantizer warns on the root logger for every rank-1 weight: those records are dropped by
+    where they come from while it runs; the root logger's level, and what anything else logs, are untouched."""
+    import logging
+    model = tmp_path / "fresh.onnx"
+    model.write_bytes(small_onnx.read_bytes())  # nothing cached beside it: the quantizer runs
+    root = logging.getLogger()
+    level, filters = root.level, list(root.filters)
+    caplog.set_level(logging.DEBUG)
+    with precision.rank1_per_channel_warnings_silenced():
+        logging.getLogger("convmixer_suite.test").warning("ours still shows")
+        logging.warning("a root warning of ours still shows")
+    precision.int8_model(model, "onnxruntime", calib_dir, num_calib=5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "ours still shows" in messages and "a root warning of ours still shows" in messages
+    assert not [m for m in messages if "out-of-range" in m]
+    assert (root.level, root.filters) == (logging.DEBUG, filters)  # caplog's level, set before
+    caplog.set_level(level)
+    assert logging.getLogger("onnxruntime.quantization").level == logging.NOTSET

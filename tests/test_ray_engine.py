@@ -352,6 +352,26 @@ def test_rows_out_of_order_missing_or_cut_stop_the_run_with_one_line():
         list(batch_results(result_rows(0, n=1), job, NoRay(), StallWatch(5)))
 
 
+def test_a_task_s_exception_reaches_the_driver_as_itself_or_in_one_line_with_its_type():
+    """Ray hands the driver a RayTaskError holding the task's exception as ``cause`` (its dual-class form from
+    as_instanceof_cause too): a UserError is raised itself, anything else in one line naming its type; a Ray
+    failure that is no task's (a lost node) in one line as well, and a driver's own UserError as it is."""
+    from ray.exceptions import ActorDiedError, RayTaskError
+    from convmixer_suite.run.ray_engine import driver_failure
+    mistake = UserError("m.onnx: the model takes batches of 2, not --batch-size 3")
+    for raised in (RayTaskError("Replica", "Traceback ...", mistake),
+                   RayTaskError("Replica", "Traceback ...", mistake).as_instanceof_cause()):
+        assert driver_failure(raised) is mistake
+    bug = RayTaskError("Replica", "Traceback ...", RuntimeError("a kernel failed\nat line 2")).as_instanceof_cause()
+    failure = driver_failure(bug)
+    assert type(failure) is RuntimeError and str(failure) == (
+        "Ray engine: RuntimeError: a kernel failed; the records so far are kept: the same command resumes")
+    lost = driver_failure(ActorDiedError())
+    assert str(lost).startswith("Ray engine: ActorDiedError: The actor died unexpectedly before finishing this task")
+    stalled = UserError("Ray engine: no batch completed")
+    assert driver_failure(stalled) is stalled
+
+
 def test_no_row_for_the_stall_timeout_stops_the_run_with_one_line():
     started = time.monotonic()
     with pytest.raises(UserError) as stalled:

@@ -1,7 +1,7 @@
 """convmixer_suite.bench.stream_bench's inputs: the pooled-colour classifier and the repeated photos (no engine run)."""
 import numpy as np
 
-from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.guide.scoring import read_labels
 from convmixer_suite.bench.stream_bench import pooled_colour_onnx, repeated_photos, table
 from convmixer_suite.guide.transform import list_images

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script, write_dark_photo, write_photo
-from convmixer_suite.runtimes.backends import create_backend
+from convmixer_suite.runtimes.registry import create_backend
 from convmixer_suite.run.records import read_records, records_folder
 from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
 

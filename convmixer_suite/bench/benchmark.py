@@ -1,4 +1,5 @@
-"""One benchmark run, step by step (test/benchmark.py is its command line): load every configuration, measure
+"""One benchmark run, step by step (test/benchmark.py is its command line): load every configuration (skipped
+where this machine lacks what it needs, failed with its line on any other error), measure
 fidelity against the reference, time all of them and their ceilings in alternation at each batch size, then
 the optional layer profile, the LoadGen runs and the two pipeline checks; returns the report as data.
 Also the engines check (local streaming against Ray Data)."""
@@ -16,6 +17,7 @@ from convmixer_suite.bench.ceiling import (ceiling_input, ceiling_input_shape, e
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.files import write_text_atomic
 from convmixer_suite.bench.fidelity_table import fastest_within_limit, fidelity
+from convmixer_suite.bench.loading import load_each
 from convmixer_suite.bench.markdown_report import library_versions, machine_info, openvino_default_precision
 from convmixer_suite.bench.timing import add_ratios, latency_row, row_of, time_alternating
 
@@ -107,9 +109,10 @@ def run_benchmark(args, log=print) -> dict:
         calib_dir = inputs.calibration(work, args.num_calib, log)
     runs = {name: inputs.run_config(name, onnx_path, checkpoint, args.threads, calib_dir, args.num_calib)
             for name in args.configs}
-    backends, skipped = inputs.load_configs(runs, log)
+    backends, skipped, failed = load_each(runs, lambda name: runs[name].create_backend(), log, required=(REFERENCE,))
+    ceiling_failed = {}
     ceilings, ceiling_skipped = ({}, {}) if args.no_ceiling else load_ceilings(
-        {c: CONFIGS[c] for c in backends}, spec, work, args.threads, log=log)
+        {c: CONFIGS[c] for c in backends}, spec, work, args.threads, log=log, failed=ceiling_failed)
 
     fidelity_dir = Path(args.images) if args.images else pictures_dir
     log(f"==> fidelity on {args.num_images} images of {fidelity_dir}")
@@ -151,12 +154,12 @@ def run_benchmark(args, log=print) -> dict:
         "results": rows, "fidelity": fid, "fastest_within_limit_batch_1": best["config"] if best else None,
         "fidelity_images": (f"{len(pictures)} images of {args.images}" if args.images
                             else f"{len(pictures)} generated pictures (not photos)"),
-        "streaming": stream, "preprocessing": prep, "skipped": skipped,
+        "streaming": stream, "preprocessing": prep, "skipped": skipped, "failed": failed,
         "loadgen": loadgen, "loadgen_accuracy": loadgen_accuracy, "profile": profile,
         "ceiling": {"what": f"{spec.depth} pointwise {spec.dim}x{spec.dim} convolutions alone on "
                             f"{'x'.join(map(str, ceiling_input_shape(spec)))}, same runtime, precision and quantizer",
                     "macs_per_image": pointwise_macs(spec), "model_macs_per_image": model_macs(spec),
-                    "results": ceiling_rows, "skipped": ceiling_skipped},
+                    "results": ceiling_rows, "skipped": ceiling_skipped, "failed": ceiling_failed},
         "total_s": time.perf_counter() - started,
     }
 

@@ -106,27 +106,28 @@ def efficiency_rows(rows, ceilings, spec) -> None:
                  ceiling_gops=gops(pointwise_macs(spec), r["batch_size"], ceiling_ms))
 
 
-def load_ceilings(configs: dict, spec, work: Path, threads=None, num_calib: int = 32, log=print) -> tuple:
+def load_ceilings(configs: dict, spec, work: Path, threads=None, num_calib: int = 32, log=print,
+                  failed: "dict | None" = None) -> tuple:
     """{config: loaded backend of its ceiling model} for each {config: (backend name, precision)} that runs
-    ONNX (PyTorch eager has no ceiling model here), and {config: why not} for those that failed to load."""
-    from convmixer_suite.runtimes.backends import create_backend
-    from convmixer_suite.util.errors import UserError
+    ONNX (PyTorch eager has no ceiling model here), and {config: why not} for those this machine cannot load
+    (bench.loading). A ceiling that fails otherwise is recorded with its line in ``failed`` where one is given,
+    else its exception is raised."""
+    from convmixer_suite.bench.loading import load_each
+    from convmixer_suite.runtimes.registry import create_backend
+    onnx_configs = {config: runs for config, runs in configs.items() if runs[0] != "torch"}
     onnx_path = build_pointwise_onnx(spec, Path(work) / f"ceiling_pointwise_{spec.name}.onnx")
-    calib_dir = None
-    loaded, skipped = {}, {}
-    for config, (backend_name, precision) in configs.items():
-        if backend_name == "torch":
-            continue
-        if precision == "int8" and calib_dir is None:
-            calib_dir = write_calibration(spec, Path(work) / f"ceiling_calib_{spec.name}_{num_calib}", num_calib)
-        log(f"==> loading the ceiling of {config}: {spec.depth} pointwise {spec.dim}x{spec.dim} convolutions "
-            f"on {'x'.join(map(str, ceiling_input_shape(spec)))}")
-        try:
-            loaded[config] = create_backend(backend_name, onnx_path, threads=threads, precision=precision,
-                                            calib_dir=calib_dir, input_shape=ceiling_input_shape(spec))
-        except UserError as exc:
-            skipped[config] = str(exc)
-            log(f"    skipped: {exc}")
+    calib_dir = (write_calibration(spec, Path(work) / f"ceiling_calib_{spec.name}_{num_calib}", num_calib)
+                 if any(precision == "int8" for _, precision in onnx_configs.values()) else None)
+
+    def load(config):
+        backend_name, precision = onnx_configs[config]
+        return create_backend(backend_name, onnx_path, threads=threads, precision=precision, calib_dir=calib_dir,
+                              input_shape=ceiling_input_shape(spec))
+    announce = (lambda config: f"==> loading the ceiling of {config}: {spec.depth} pointwise {spec.dim}x{spec.dim} "
+                               f"convolutions on {'x'.join(map(str, ceiling_input_shape(spec)))}")
+    loaded, skipped, not_loaded = load_each(onnx_configs, load, log, announce, raise_failures=failed is None)
+    if failed is not None:
+        failed.update(not_loaded)
     return loaded, skipped
 
 

@@ -1,4 +1,4 @@
-"""MLPerf LoadGen scenarios (SingleStream, Offline, Server) over any backend of convmixer_suite.runtimes.backends.
+"""MLPerf LoadGen scenarios (SingleStream, Offline, Server) over any backend of convmixer_suite.runtimes.
 
 As in MLPerf Inference's vision reference: a query sample library (QSL) holds preprocessed images in memory;
 one system under test (SUT) class serves every runtime through the backend interface (``predict(batch)``) and

@@ -81,9 +81,17 @@ def markdown(report) -> str:
     if report["profile"] and report["profile"]["nodes"]:
         lines += [""] + profile_markdown(display_name(report["profile"]["config"], report), report["profile"]["nodes"])
     lines += loadgen_markdown(report)
-    if report["skipped"]:
-        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in report["skipped"].items())]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + not_measured(report)) + "\n"
+
+
+def not_measured(report) -> list:
+    """The configurations and ceilings that failed to load, each with its line, and those skipped here."""
+    lines = []
+    for label, part in (("", report), ("ceiling of ", report["ceiling"])):
+        for status, title in (("failed", "FAILED"), ("skipped", "Skipped")):
+            if part.get(status):
+                lines += ["", f"{title}: " + "; ".join(f"{label}{k} ({v})" for k, v in part[status].items())]
+    return lines
 
 
 def optional(value, fmt) -> str:
@@ -130,17 +138,24 @@ def default_out(profile: str, configs, all_configs) -> Path:
 
 
 CSV_FIELDS = ("config", "backend", "precision", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "per_image_ms",
-              "throughput_images_per_s", "ratio_to_torch_fp32", "ceiling_p50_ms", "efficiency", "iterations")
+              "throughput_images_per_s", "ratio_to_torch_fp32", "ceiling_p50_ms", "efficiency", "iterations", "status",
+              "reason")
 
 
-def rows_csv(rows) -> str:
+def rows_csv(report) -> str:
+    """One row per configuration and batch size measured (status ``measured``), then one per configuration
+    that failed to load or was skipped, with its line as the reason and no figures."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for r in rows:
+    for r in report["results"]:
         lat = r["latency_ms"]
         writer.writerow({**{k: r.get(k) for k in CSV_FIELDS}, "p50_ms": lat["p50"], "p90_ms": lat["p90"],
-                         "p99_ms": lat["p99"], "mean_ms": lat["mean"], "ceiling_p50_ms": r.get("ceiling_ms")})
+                         "p99_ms": lat["p99"], "mean_ms": lat["mean"], "ceiling_p50_ms": r.get("ceiling_ms"),
+                         "status": "measured"})
+    for status in ("failed", "skipped"):
+        for name, reason in report.get(status, {}).items():
+            writer.writerow({"config": name, "status": status, "reason": reason})
     return buffer.getvalue()
 
 
@@ -148,6 +163,6 @@ def write_report(report, out: Path) -> list:
     """benchmark.json, benchmark-<hardware>.csv and benchmark.md into ``out``; returns their paths."""
     paths = [out / "benchmark.json", out / f"benchmark-{hardware_slug(report['machine'])}.csv", out / "benchmark.md"]
     write_text_atomic(paths[0], json.dumps(report, indent=1) + "\n")
-    write_text_atomic(paths[1], rows_csv(report["results"]))
+    write_text_atomic(paths[1], rows_csv(report))
     write_text_atomic(paths[2], markdown(report))
     return paths

@@ -77,7 +77,7 @@ def read_accuracy_log(folder) -> list:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read LoadGen's accuracy log ({exc})") from None
+        raise UserError(f"{path}: cannot read LoadGen's accuracy log ({exc})") from exc
 
 
 def classes_by_sample(folder, num_samples: int) -> np.ndarray:

@@ -100,7 +100,7 @@ def read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable JSON ({exc})") from None
+        raise UserError(f"{path}: unreadable JSON ({exc})") from exc
     if not isinstance(value, dict):
         raise UserError(f"{path}: not a JSON object")
     return value

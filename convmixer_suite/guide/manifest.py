@@ -107,7 +107,7 @@ def read_manifest(folder) -> "Manifest | None":
                             transform=dict(d["transform"]), skipped=skipped, image_path=d.get("image_path", ""),
                             complete=bool(d.get("complete", False)), format=d.get("format", FORMAT))
     except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid preprocessing manifest ({exc})") from None
+        raise UserError(f"{path}: not a valid preprocessing manifest ({exc})") from exc
     if manifest.format != FORMAT or manifest.batch_size < 1:
         raise UserError(f"{path}: unsupported format {manifest.format!r} or batch size {manifest.batch_size}")
     return manifest

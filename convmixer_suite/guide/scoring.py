@@ -67,7 +67,7 @@ def read_output_file(path: Path, batch_size: int) -> np.ndarray:
     try:
         values = parse_output_file(path, batch_size)
     except ValueError as exc:
-        raise UserError(f"{path}: malformed output file ({exc})") from None
+        raise UserError(f"{path}: malformed output file ({exc})") from exc
     if values.size == 0 or values.size % batch_size:
         raise UserError(f"{path}: {values.size} values do not make {batch_size} rows (batch size)")
     if not np.isfinite(values).all():
@@ -111,7 +111,7 @@ def read_labels(path) -> dict:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read label file ({exc})") from None
+        raise UserError(f"{path}: cannot read label file ({exc})") from exc
     labels = {}
     for number, line in enumerate(lines, 1):
         fields = line.split()
@@ -373,7 +373,7 @@ def read_accuracy_json(path) -> dict:
         return {"num_images": int(values["Number of images"]), "num_classes": int(values["Number of classes"]),
                 "topk": topk}
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not an accuracy JSON as convmixer_eval_acc.py writes it ({exc})") from None
+        raise UserError(f"{path}: not an accuracy JSON as convmixer_eval_acc.py writes it ({exc})") from exc
 
 
 def format_accuracy_line(topk) -> str:

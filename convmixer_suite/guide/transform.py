@@ -90,7 +90,7 @@ def load_rgb(path, data: bytes = None) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except DECODE_ERRORS as exc:
-        raise UserError(f"{path}: cannot decode image ({exc})") from None
+        raise UserError(f"{path}: cannot decode image ({exc})") from exc
 
 
 def is_image_name(name: str) -> bool:

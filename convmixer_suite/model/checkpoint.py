@@ -39,7 +39,7 @@ def load_state_dict(path, allow_pickle=False) -> dict:
     try:
         obj = _read_any(path, allow_pickle)
     except OSError as exc:
-        raise UserError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+        raise UserError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from exc
     state_dict = _tensors_of(_unwrap(obj, path), path)
     return to_locuslab_keys(_strip_prefixes(state_dict))
 
@@ -118,7 +118,7 @@ def _read_safetensors(path: Path) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({_first_sentence(exc)})") from None
+        raise UserError(f"{path}: not a readable safetensors file ({_first_sentence(exc)})") from exc
 
 
 def _read_pickled(path: Path, allow_pickle: bool):
@@ -131,7 +131,7 @@ def _read_pickled(path: Path, allow_pickle: bool):
         # torch before 2.5 (the guide's 1.5 has no weights_only at all): our own restricted unpickler
         return torch.load(path, map_location="cpu", pickle_module=safe_pickle)
     except Exception as exc:  # torch.load raises many types (OSError too) for damaged files; name the cause
-        raise UserError(_pickle_error_message(path, exc)) from None
+        raise UserError(_pickle_error_message(path, exc)) from exc
 
 
 def _full_unpickling() -> dict:

@@ -80,7 +80,7 @@ def download_checkpoint(path, spec, url=None, timeout_s: float = TIMEOUT_S) -> P
             size_bytes, sha256 = _fetch(url, tmp, timeout_s)
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             raise UserError(f"cannot download {url}: {_why(exc, timeout_s)}. "
-                            f"Fetch it by hand: {by_hand(url, path)}") from None
+                            f"Fetch it by hand: {by_hand(url, path)}") from exc
         _check_loads(tmp, spec, url, path)
         _write_records(path, url, size_bytes, sha256)
     LOG.info(f"downloaded {path}: {size_bytes} bytes, sha256 {sha256} (recorded in {path.name}.sha256)")
@@ -132,7 +132,7 @@ def _check_loads(tmp: Path, spec, url: str, path: Path) -> None:
     except UserError as exc:
         why = str(exc).replace(f"{tmp}: ", "", 1)
         raise UserError(f"the file downloaded from {url} is not {spec.name}'s checkpoint ({why}); nothing was "
-                        f"kept. Fetch it by hand: {by_hand(url, path)}") from None
+                        f"kept. Fetch it by hand: {by_hand(url, path)}") from exc
 
 
 def _write_records(path: Path, url: str, size_bytes: int, sha256: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from convmixer_suite.model.net import DATA_CONFIG
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.errors import UserError, first_line
 from convmixer_suite.util.files import atomic_path
 
 INPUT_NAME = "image"
@@ -82,8 +82,7 @@ def export_onnx(model, path, opset=DEFAULT_OPSET, batch_size=None) -> None:
                               output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=opset,
                               do_constant_folding=True, **_torchscript_exporter())
         except (RuntimeError, ValueError) as exc:  # the exporter raises these for unsupported opsets
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"ONNX export at opset {opset} failed: {first}") from None
+            raise UserError(f"ONNX export at opset {opset} failed: {first_line(exc)}") from exc
 
 
 def _torchscript_exporter() -> dict:

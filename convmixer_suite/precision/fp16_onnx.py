@@ -12,7 +12,7 @@ under a temporary name and renamed when complete.
 import logging
 from pathlib import Path
 
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.errors import UserError, first_line
 from convmixer_suite.util.files import atomic_path
 from convmixer_suite.util.libraries import import_library
 from convmixer_suite.precision.int8 import cache_key
@@ -50,8 +50,8 @@ def convert(onnx_path: Path, target: Path) -> None:
     try:
         half = OnnxModel(convert_float_to_float16(model, **CONVERTER_PARAMS))
         half.topological_sort()  # the converter appends its input/output Casts at the end of the node list
-    except Exception as exc:  # the converter raises plain exceptions on graphs it cannot handle
-        raise UserError(f"{onnx_path}: the float16 conversion failed: {str(exc).strip().splitlines()[0]}") from None
+    except Exception as exc:  # the converter raises plain exceptions on graphs it cannot handle: its own failure
+        raise RuntimeError(f"{onnx_path}: the float16 conversion failed: {first_line(exc)}") from exc
     with atomic_path(target) as tmp:
         onnx.save(half.model, str(tmp))
         onnx.checker.check_model(str(tmp))

@@ -102,7 +102,7 @@ def load_onnx(path, load_external_data=True):
         return onnx.load(str(path), load_external_data=load_external_data)
     except (DecodeError, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: not a readable ONNX model ({reason})") from None
+        raise UserError(f"{path}: not a readable ONNX model ({reason})") from exc
 
 
 def quantizer_settings(route: str, cpu_class: str) -> dict:
@@ -274,13 +274,22 @@ def quantize_qdq(onnx_path: Path, samples, target: Path, settings: dict) -> None
 
 @contextlib.contextmanager
 def rank1_per_channel_warnings_silenced():
-    """ONNX Runtime's quantizer logs 'Axis 1 is out-of-range for weight …' on the root logger for every
-    rank-1 weight (BatchNorm scales), which it then quantizes per tensor as it should: dozens of lines
-    that say nothing to the user."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """ONNX Runtime's quantizer warns 'Axis 1 is out-of-range for weight …' for every rank-1 weight (BatchNorm
+    scales), which it then quantizes per tensor as it should: dozens of lines that say nothing to the user. It
+    logs them on the root logger itself (``logging.warning``), so they are dropped there by where they come from,
+    its quantization package, below ERROR; its own loggers are held at ERROR too. The root logger's level, and
+    what anything else logs, stay as they are."""
+    import onnxruntime.quantization
+    package = os.path.dirname(onnxruntime.quantization.__file__) + os.sep
+
+    def not_from_the_quantizer(record) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(package)
+    root, own = logging.getLogger(), logging.getLogger(onnxruntime.quantization.__name__)
+    level = own.level
+    root.addFilter(not_from_the_quantizer)
+    own.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(not_from_the_quantizer)
+        own.setLevel(level)

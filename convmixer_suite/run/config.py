@@ -15,7 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convmixer_suite.runtimes.backends import create_backend, resolve_backend
+from convmixer_suite.runtimes.base import COMPILE_MODES
+from convmixer_suite.runtimes.registry import create_backend, resolve_backend
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int
 from convmixer_suite.precision.int8 import DEFAULT_NUM_CALIB
@@ -118,3 +119,12 @@ def add_num_calib_option(parser) -> None:
     parser.add_argument("--num-calib", type=positive_int, default=DEFAULT_NUM_CALIB, metavar="N",
                         help="int8: calibrate on at most the first N images of --calib (default %(default)s); "
                              "its last images, up to 8, are always kept out for the fidelity check")
+
+
+def add_compile_option(parser) -> None:
+    """The commands' ``--compile [MODE]`` (torch backend only), which ``RunConfig.from_args`` reads."""
+    parser.add_argument("--compile", dest="compile_mode", nargs="?", const="reduce-overhead", default=None,
+                        choices=COMPILE_MODES, metavar="MODE",
+                        help="torch backend: run the model through torch.compile, MODE one of "
+                             f"{', '.join(COMPILE_MODES)} (default when given: reduce-overhead, i.e. CUDA graphs "
+                             "on a GPU); each new batch size compiles once")

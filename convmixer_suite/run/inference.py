@@ -16,13 +16,12 @@ from tqdm import tqdm
 from convmixer_suite.precision import fidelity
 from convmixer_suite.guide import msame_log
 from convmixer_suite.model.data_config import IMAGE_BYTES, IMAGE_SHAPE
-from convmixer_suite.runtimes.backends import ToolBackend
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.precision.cpu_info import host_record
 from convmixer_suite.run.config import RunConfig
 from convmixer_suite.guide.run_folder import RunFolder, choose_run_folder
 from convmixer_suite.guide.scoring import non_finite_message, non_finite_rows
-from convmixer_suite.runtimes.ascend_runner import run_tool
+from convmixer_suite.runtimes.ascend import ToolBackend, run_batch_files
 
 
 @dataclass
@@ -135,8 +134,9 @@ def run_inference(config: RunConfig, opts: InferenceOptions, log=print) -> Infer
     if not todo:
         new = []
     elif isinstance(backend, ToolBackend):
-        new = run_tool(backend, todo, run, input_spec=opts.input, whole_folder=is_folder and len(todo) == len(inputs),
-                       outfmt=opts.outfmt, loop=loop, log=log)
+        new = run_batch_files(backend, todo, run, input_spec=opts.input,
+                              whole_folder=is_folder and len(todo) == len(inputs), outfmt=opts.outfmt, loop=loop,
+                              log=log)
     else:
         new = run_in_process(backend, todo, run, opts.outfmt, loop, log)
     run.finish()

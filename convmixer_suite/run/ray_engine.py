@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import queue
-import re
 import socket
 import threading
 import time
@@ -44,8 +43,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import convmixer_suite
-from convmixer_suite.runtimes.backends import parse_device
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.runtimes.base import parse_device
+from convmixer_suite.util.cli import failure_line
+from convmixer_suite.util.errors import NotAvailable, UserError, first_line
 from convmixer_suite.guide.manifest import batch_span, images_in_batch, num_batches
 from convmixer_suite.run.ray_decode import decode_block
 from convmixer_suite.guide.scoring import non_finite_rows, top_k, top_k_probabilities
@@ -83,8 +83,8 @@ def import_ray(address=None):
     try:
         import ray
         import ray.data
-    except ImportError:
-        raise UserError(INSTALL_HINT) from None
+    except ImportError as exc:
+        raise NotAvailable(INSTALL_HINT) from exc
     quiet_console(logging.getLogger("ray.data"))
     return ray
 
@@ -131,8 +131,7 @@ def connect(ray, address) -> None:
     try:
         ray.init(address=address, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({str(exc).splitlines()[0]})") \
-            from None
+        raise UserError(f"--ray-address {address}: cannot join a Ray cluster there ({first_line(exc)})") from exc
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -144,7 +143,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise UserError(f"--ray-address {address}: no Ray cluster answers there ({exc.strerror or exc}); "
-                        f"start one with: ray start --head --port={port}") from None
+                        f"start one with: ray start --head --port={port}") from exc
 
 
 def alive_nodes(ray) -> list:
@@ -249,12 +248,17 @@ class Replica:
             # Ray sets OMP_NUM_THREADS to the CPUs an actor declares (a fraction rounds to 1), which ONNX Runtime
             # takes as its default: a CPU replica that is alone on its node uses the node's cores instead.
             threads = os.cpu_count()
-        self.backend = job.run.create_backend(device=device, threads=threads)
+        try:
+            self.backend, self.failure = job.run.create_backend(device=device, threads=threads), None
+        except Exception as exc:  # raised by each call instead: Ray hands the driver a call's exception itself,
+            self.backend, self.failure = None, exc  # but one of an actor that failed to start only as text
         self.topk = job.topk
         context = ray.get_runtime_context()
         self.name = f"pid {os.getpid()} on node {context.get_node_id()[:12]} ({ray.util.get_node_ip_address()})"
 
     def __call__(self, row: dict) -> dict:
+        if self.failure is not None:
+            raise self.failure
         k, n = int(row["k"][0]), int(row["n"][0])
         exit_or_hang_for_test(k)
         started = time.perf_counter()
@@ -319,6 +323,7 @@ def build_dataset(ray, job: EvalJob, plan: ReplicaPlan):
     context.execution_options.preserve_order = True  # rows come back in run order
     context.enable_progress_bars = False  # the driver shows its own (tqdm on stderr)
     context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # a replica's exception, not Ray Data's wrapper of it without it
     # Ray Data's default reservation held decoding to one task at a time on 2 CPUs (docs/ray.md)
     context.op_resource_reservation_enabled = False
     listing = ray.data.from_items(blocks, override_num_blocks=len(blocks))  # one block per row
@@ -411,29 +416,16 @@ def batch_results(rows: queue.Queue, job: EvalJob, ray, watch: StallWatch):
                           probabilities=row.get("probabilities"))
 
 
-USER_ERROR_LINE = re.compile(r"^\S*UserError: (.+)$", re.MULTILINE)
-
-
-def wrapped_user_error(exc: BaseException) -> "UserError | None":
-    """The UserError a Ray task or actor raised, from the exception Ray hands the driver: a task's error carries
-    it as ``cause``; an actor that failed to start only as text (``…UserError: message``)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, UserError):
-            return UserError(str(exc))
-        found = USER_ERROR_LINE.findall(str(exc))
-        if found:
-            return UserError(found[-1].strip())
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
-
-
-def ray_failure(exc: BaseException) -> UserError:
-    """Any other error out of Ray (a lost node beyond the retries, say) as one line: its type and first line."""
-    first = next((line for line in str(exc).splitlines() if line.strip()), "")
-    return UserError(f"Ray engine: {type(exc).__name__}: {first[:300]}; the records so far are kept: "
-                     f"the same command resumes")
+def driver_failure(exc: Exception) -> Exception:
+    """What the driver raises for ``exc``, with ``exc`` as its cause: a task's or a replica's exception comes back
+    as a RayTaskError holding it as ``cause`` (Ray Data raises it as it is: ``raise_original_map_exception``); a
+    UserError among them is raised itself, one of the driver's own as it is, and any other failure (of a task,
+    or of Ray, such as a node lost beyond the retries) in one line that says the run resumes."""
+    from ray.exceptions import RayTaskError
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    if isinstance(cause, UserError) and not isinstance(cause, RayTaskError):
+        return cause
+    return RuntimeError(f"Ray engine: {failure_line(cause)}; the records so far are kept: the same command resumes")
 
 
 def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, progress=None, stall_timeout_s=None):
@@ -451,10 +443,11 @@ def evaluate(job: EvalJob, store, address, replicas, announce=print, log=print, 
         _, times, _ = record_results(batch_results(rows, job, ray, StallWatch(stall_timeout_s)), store, job.names,
                                      job.labels, job.batch_size, job.topk, job.skip_bad, log, progress,
                                      workers=plan.decode_tasks)
-    except UserError:
-        raise
-    except Exception as exc:  # a replica's UserError (say, a model of another batch size) comes back wrapped
-        raise (wrapped_user_error(exc) or ray_failure(exc)) from None
+    except Exception as exc:
+        failure = driver_failure(exc)
+        if failure is exc:
+            raise
+        raise failure from exc
     finally:
         ray.shutdown()
     return times, {"engine": "ray", "ray_version": ray.__version__, "backend": job.run.backend,

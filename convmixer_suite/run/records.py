@@ -77,7 +77,7 @@ def read_parts(folder: Path) -> list:
                 record = json.loads(line)
                 by_row[(record["batch"], record["row"])] = record
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: unreadable record file ({exc.__class__.__name__}: {exc})") from None
+            raise UserError(f"{path}: unreadable record file ({exc.__class__.__name__}: {exc})") from exc
     return [by_row[key] for key in sorted(by_row)]
 
 
@@ -101,7 +101,7 @@ def check_identity(folder, identity: dict) -> bool:
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable ({exc}); pass --fresh to start over") from None
+        raise UserError(f"{path}: unreadable ({exc}); pass --fresh to start over") from exc
     differing = differing_keys(recorded, identity)
     if differing:
         raise UserError(f"{folder}: holds per-image records of a different run ({differing}); pass --fresh to "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.errors import NotAvailable, UserError
 
 SOURCE = Path(__file__).parent / "native" / "depthwise_block.cpp"
 OP_TYPE, OP_VERSION = "ConvMixerDepthwiseBlock", "convmixer"
@@ -59,7 +59,7 @@ def openvino_paths() -> tuple:
     runtime = sorted(libs.glob("libopenvino.so.*")) or sorted(libs.glob("libopenvino.so"))
     tbb = sorted(libs.glob("libtbb.so.*"))
     if not (root / "include").is_dir() or not runtime or not tbb:
-        raise UserError(f"{root}: this OpenVINO has no headers or libraries to build an extension against")
+        raise NotAvailable(f"{root}: this OpenVINO has no headers or libraries to build an extension against")
     return root / "include", runtime[0], tbb[0]
 
 
@@ -67,7 +67,7 @@ def compiler() -> str:
     name = os.environ.get("CXX", "g++")
     found = shutil.which(name)
     if not found:
-        raise UserError(f"CXX={name}: no C++ compiler found to build the depthwise operation; {CXX_HINT}")
+        raise NotAvailable(f"CXX={name}: no C++ compiler found to build the depthwise operation; {CXX_HINT}")
     return found
 
 
@@ -96,7 +96,7 @@ def extension_path(cache_dir) -> Path:
     if result.returncode != 0:
         tmp.unlink(missing_ok=True)
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise UserError(f"{SOURCE}: the depthwise operation did not build with {cxx}: {last}")
+        raise RuntimeError(f"{SOURCE}: the depthwise operation did not build with {cxx}: {last}")
     os.replace(tmp, target)
     return target
 

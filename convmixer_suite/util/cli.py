@@ -1,10 +1,12 @@
-"""What every command line shares: one-line errors for user mistakes (exit 2), the Python the modern stack needs,
-and argparse types."""
+"""What every command line shares: one-line errors (exit 2 for user mistakes, 1 for any other failure, whose
+traceback ``--debug`` shows), the Python the modern stack needs, and argparse types."""
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
-from convmixer_suite.util.errors import SettingError, UserError
+from convmixer_suite.util.errors import SettingError, UserError, first_line
 
 
 # The Python the modern stack (OpenVINO and NNCF, Ray, LoadGen, the benchmark, the GPU precisions) needs. The
@@ -12,23 +14,44 @@ from convmixer_suite.util.errors import SettingError, UserError
 MODERN_PYTHON = (3, 10)
 
 
+DEBUG_FLAG = "--debug"  # anywhere on a command line: a failure prints its traceback (run_main takes it out)
+DEBUG_ENV = "CONVMIXER_DEBUG"  # "1": the same for every command of a shell or a script
+
+
 def run_main(main, argv=None, modern_stack=False) -> None:
-    """Run ``main(argv)`` and exit: 0 on success, 2 with one ``prog: error: …`` line on a UserError (a
-    SettingError worded with its flag), 130 on Ctrl-C. ``modern_stack``: the script needs ``MODERN_PYTHON``,
-    and says so in one line (exit 2) on an older one."""
+    """Run ``main(argv)`` and exit: 0 on success; 2 with one ``prog: error: …`` line on a UserError (a
+    SettingError worded with its flag; only its first line, should a library have added lines to it); 1 on any other exception, in one line with its type and the way to see
+    its traceback; 130 on Ctrl-C. With ``--debug`` among the arguments (taken out before ``main`` sees them) or
+    CONVMIXER_DEBUG=1, a failure prints its whole traceback instead, its causes included, with the same status.
+    ``modern_stack``: the script needs ``MODERN_PYTHON``, and says so in one line (exit 2) on an older one."""
     if modern_stack and sys.version_info < MODERN_PYTHON:
         print_error(f"needs Python {'.'.join(map(str, MODERN_PYTHON))} or later (this is Python "
                     f"{sys.version.split()[0]}); the guide's scripts run on older Pythons")
         sys.exit(2)
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = DEBUG_FLAG in args or os.environ.get(DEBUG_ENV) == "1"
+    if DEBUG_FLAG in args:
+        argv = [arg for arg in args if arg != DEBUG_FLAG]
     try:
         status = main(argv)
-    except UserError as exc:
-        print_error(exc.flag_message() if isinstance(exc, SettingError) else exc)
-        sys.exit(2)
     except KeyboardInterrupt:
         print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        user_error = isinstance(exc, UserError)
+        if debug:
+            traceback.print_exc()
+        elif user_error:
+            print_error(exc.flag_message() if isinstance(exc, SettingError) else first_line(exc))
+        else:
+            print_error(f"{failure_line(exc)} (run with {DEBUG_FLAG} or {DEBUG_ENV}=1 for the traceback)")
+        sys.exit(2 if user_error else 1)
     sys.exit(status or 0)
+
+
+def failure_line(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def print_error(message) -> None:

@@ -14,7 +14,7 @@ def output_folder(path, flag: str) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{flag} {folder}: cannot be used as a folder ({exc.strerror})") from None
+        raise UserError(f"{flag} {folder}: cannot be used as a folder ({exc.strerror})") from exc
     return folder
 
 
