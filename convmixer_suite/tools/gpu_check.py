@@ -18,7 +18,7 @@ the run as a whole ends within ``--time-limit-s`` (default 450 s) whatever happe
 3. ``onnxruntime-cuda-fp16`` (the float16 ONNX on the CUDA provider) and ``onnxruntime-tensorrt-fp16``
    (TensorRT's fp16 engine), on the checkpoint exported to ONNX here: the same figures, where onnxruntime-gpu
    is installed; elsewhere each is reported as not run, with the reason (the CPU onnxruntime has neither provider).
-4. ``stream``: convmixer_stream_eval.py on generated pictures (bf16 where the card has it, else fp16), its
+4. ``stream``: the streaming evaluation (convmixer_suite.run.stream) on generated pictures (bf16 where the card has it, else fp16), its
    per-stage images/s and the stage that bounds it.
 
 The model is ``--checkpoint``, or by default seeded random ConvMixer-1536/20 weights made here, offline, with
@@ -49,7 +49,6 @@ from convmixer_suite.util.files import write_text_atomic
 from convmixer_suite.model.data_config import IMAGE_SHAPE
 from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, compare_logits, logit_figures
 
-REPO = Path(__file__).resolve().parents[2]
 PRECISIONS = ("fp32", "fp16", "bf16")
 COMPILE_MODE = "reduce-overhead"
 # Eager first; compiled with the reduced precisions first, as they matter most when time runs short.
@@ -261,30 +260,34 @@ def time_batch(backend, batch: np.ndarray, share_end: float, max_calls: int = MA
             "pipelined_batch_ms_median": float(np.median(device_ms))}
 
 
-def stream_part(args, inputs: dict, result: dict, save, deadline: float) -> None:
-    """convmixer_stream_eval.py on the generated pictures, in the reduced precision the card runs best."""
+def stream_part(args, inputs: dict, result: dict, save) -> None:
+    """The streaming evaluation's local engine (convmixer_suite.run.stream) on the generated pictures, in the
+    reduced precision the card runs best: its per-stage images/s and the stage that bounds it. This part's process
+    is bounded by the parent (``run_parts``), which kills it past its share."""
     import torch
+
+    from convmixer_suite.guide.scoring import labelled_rows, read_labels
+    from convmixer_suite.guide.transform import list_images
+    from convmixer_suite.run.config import RunConfig
+    from convmixer_suite.run.stream import EvalJob, evaluate_local, gate_job, relative_names, resumable_job
     precision = "fp32"
     if args.device_index is not None:
         precision = "bf16" if torch.cuda.get_device_capability(args.device_index) >= BF16_MIN_CAPABILITY else "fp16"
-    script = REPO / "convmixer_stream_eval.py"
-    if not script.is_file():
-        raise UserError(f"{script}: not found; the stream part runs the script of a repository checkout")
-    out = work_folder(args) / "stream"
     dataset = inputs["dataset"]
-    argv = [sys.executable, str(script), "--model", str(inputs["checkpoint"]),
-            "--backend", "torch", "--device", args.device, "--precision", precision,
-            "--image-path", str(dataset / "val"), "--annotation-file-path", str(dataset / "val_label.txt"),
-            "--result-json-path", str(out), "--json-file-name", "stream.json", "--fresh",
-            "--batch-size", str(args.stream_batch_size), "--workers", str(max(1, (os.cpu_count() or 2) - 1))]
-    result.update(command=" ".join(argv[1:]), precision=precision)
+    labels_path = dataset / "val_label.txt"
+    paths, _ = list_images(dataset / "val")
+    names = relative_names(paths, dataset / "val")
+    config = RunConfig.build(inputs["checkpoint"], backend="torch", precision=precision, device=args.device,
+                             batch_size=args.stream_batch_size)
+    batches = list(range(-(-len(paths) // args.stream_batch_size)))
+    job = EvalJob(paths, names, labelled_rows(names, read_labels(labels_path), labels_path), batches, config)
+    result.update(precision=precision, batch_size=args.stream_batch_size, num_images=len(paths))
     save()
-    done = run_bounded(argv, max(1.0, deadline - time.perf_counter()))
-    if done.returncode != 0:
-        raise UserError(f"convmixer_stream_eval.py exit {done.returncode}: {done.stderr.strip()[-300:]}")
-    summary = json.loads((out / "stream_stream_summary.json").read_text())
-    result.update(stages=summary["stages"], num_images=summary.get("num_images"),
-                  stage_lines=[line for line in done.stdout.splitlines() if line.startswith("[INFO]")])
+    figures, gated = gate_job(job, DEFAULT_MAX_LOGIT_ERROR, announce=lambda line: print(line, flush=True))
+    job, store, _ = resumable_job(job, work_folder(args) / "stream" / "stream.json", fresh=True)
+    times, _ = evaluate_local(job, store, max(1, (os.cpu_count() or 2) - 1), backend=gated)
+    store.flush()
+    result.update(stages=times.rates(), fidelity=figures)
     save()
 
 
@@ -299,7 +302,7 @@ def run_part(args) -> int:
         if args.part == "reference":
             reference_part(args, inputs, result, save)
         elif args.part == "stream":
-            stream_part(args, inputs, result, save, deadline)
+            stream_part(args, inputs, result, save)
         else:
             config_part(args, args.part, inputs, result, save, deadline)
     except (UserError, subprocess.TimeoutExpired) as exc:
@@ -448,8 +451,12 @@ def markdown(report: dict) -> str:
     lines += [predict_each_line(name, results[name]) for name in [*CONFIGS, *ORT_CONFIGS] if name in results]
     stream = results.get("stream")
     if stream:
-        lines += ["", "## Streaming evaluation", "", f"`{stream.get('command', '')}`", ""]
-        lines += ([f"    {line}" for line in stream.get("stage_lines", [])] or [f"not measured: {stream.get('error')}"])
+        lines += ["", f"## Streaming evaluation ({stream.get('precision')}, batch {stream.get('batch_size')}, "
+                      f"{stream.get('num_images')} pictures)", ""]
+        stages = stream.get("stages")
+        lines += ([f"- {name}: {value:.4g}" if isinstance(value, float) else f"- {name}: {value}"
+                   for name, value in stages.items() if not isinstance(value, dict)] if stages
+                  else [f"not measured: {stream.get('error')}"])
     lines += ["", "## Best figures", ""] + best_lines(results)
     return "\n".join(lines) + "\n"
 
