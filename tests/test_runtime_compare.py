@@ -1,5 +1,6 @@
-"""convmixer_suite.tools.runtime_compare: the depthwise-alone model, the summary and target checks, and the optional
-runtimes (ncnn via pnnx, IREE) against ONNX Runtime on a small ConvMixer (skipped where a runtime is missing)."""
+"""convmixer_suite.tools.runtime_compare: the depthwise-alone model, the summary and its fastest configuration, and
+the survey's backends (convmixer_suite.tools.extra_backends: ncnn via pnnx, IREE) against ONNX Runtime on a small
+ConvMixer (skipped where a runtime is missing)."""
 import importlib.util
 import shutil
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from convmixer_net import ArchSpec
+from convmixer_suite.tools import extra_backends
 from convmixer_suite.tools import runtime_compare as rc
 from convmixer_suite.util.errors import UserError
 
@@ -45,7 +47,8 @@ def test_depthwise_model_is_the_chain_of_depthwise_convolutions(tmp_path):
         expected = torch.nn.functional.conv2d(expected, weights[f"dw{i}.weight"], weights[f"dw{i}.bias"],
                                               padding=SPEC.kernel_size // 2, groups=SPEC.dim)
     np.testing.assert_allclose(ort_run(path, x), expected.numpy(), rtol=1e-4, atol=1e-5)
-    torch_chain = rc.TorchDepthwiseRunner(path, threads=torch.get_num_threads()).load()
+    torch_chain = extra_backends.TorchDepthwiseBackend(path, threads=torch.get_num_threads(),
+                                                        input_shape=(16, 8, 8)).load()
     np.testing.assert_allclose(torch_chain.predict(x), expected.numpy(), rtol=1e-5, atol=1e-6)
     assert rc.depthwise_macs(SPEC) == 2 * 25 * 16 * 64
 
@@ -56,23 +59,23 @@ def fake_times():
 
 
 def test_summary_never_calls_a_configuration_beyond_the_limit_fastest():
-    fid = {rc.REFERENCE: {"max_rel_diff": 0.0, "top1_agreement": 1.0},
-           rc.PRODUCTION: {"max_rel_diff": 0.01, "top1_agreement": 1.0},
-           "ncnn-fp32": {"max_rel_diff": 0.05, "top1_agreement": 0.5}}  # faster, but 5% off
+    fid = {rc.REFERENCE: {"max_rel_diff": 0.0, "top1_agreement": 1.0, "within_limit": True},
+           rc.PRODUCTION: {"max_rel_diff": 0.01, "top1_agreement": 1.0, "within_limit": True},
+           "ncnn-fp32": {"max_rel_diff": 0.05, "top1_agreement": 0.5, "within_limit": False}}  # faster, but 5% off
     report = rc.summarize(fake_times(), fid, {name: "x 1" for name in fake_times()})
     rows = {r["config"]: r for r in report["rows"]}
-    assert rows["ncnn-fp32"]["within_limit"] is False
     assert rows[rc.PRODUCTION]["efficiency"] == pytest.approx(30.0 / 40.5)
     assert rows[rc.PRODUCTION]["speedup_vs_fp32_default"] == pytest.approx(100.0 / 40.5)
     assert "efficiency" not in rows["dw:ncnn-fp32"]  # a part of the model has no fidelity or efficiency
-    target = report["target"]
-    assert target["fastest"] == rc.PRODUCTION
-    assert target["efficiency_met"] is False and target["speedup_met"] is True
+    assert report["fastest"] == {"config": rc.PRODUCTION, "efficiency": pytest.approx(30.0 / 40.5),
+                                 "speedup": pytest.approx(100.0 / 40.5)}
     text = rc.markdown({**report, "cpu": "test CPU", "load_before": [1], "load_after": [1], "threads": 2,
-                        "iters": 3, "num_fidelity": 2, "skipped": {"iree-fp32": "not installed"},
+                        "iters": 3, "num_fidelity": 2, "limit": 0.02, "skipped": {"iree-fp32": "not installed"},
                         "depthwise_macs": 1e6})
-    assert "0.05 (over 2%)" in text and "NOT met" in text
+    assert "0.05 (over 2%)" in text and "| 0.01 | 1.00 |" in text
+    assert "Fastest within 2%: openvino-int8: 0.74 of the same-run int8 ceiling's speed, 2.47x the fp32 default." in text
     assert "Not loaded:\n- iree-fp32: not installed" in text
+    assert "target" not in text.lower()  # measured ratios, no verdicts
 
 
 def test_an_unknown_configuration_is_refused_before_any_work(tmp_path):
@@ -84,7 +87,7 @@ def test_an_unknown_configuration_is_refused_before_any_work(tmp_path):
 @needs("ncnn", "pnnx")
 def test_ncnn_via_pnnx_agrees_with_onnxruntime(small_onnx, tmp_path):
     x = np.random.default_rng(1).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    runner = rc.NcnnRunner(small_onnx, tmp_path, threads=1, input_shape=(3, 224, 224)).load()
+    runner = extra_backends.NcnnBackend(small_onnx, threads=1).load()
     expected = ort_run(small_onnx, x)
     got = runner.predict(x)
     assert got.shape == expected.shape
@@ -96,7 +99,7 @@ def test_ncnn_via_pnnx_agrees_with_onnxruntime(small_onnx, tmp_path):
 def test_iree_agrees_with_onnxruntime(tmp_path):
     path = rc.build_depthwise_onnx(SPEC, tmp_path / "dw.onnx")
     x = np.random.default_rng(2).standard_normal((2, 16, 8, 8)).astype(np.float32)
-    runner = rc.IreeRunner(path, tmp_path, threads=1, input_shape=(16, 8, 8)).load()
+    runner = extra_backends.IreeBackend(path, threads=1, input_shape=(16, 8, 8)).load()
     np.testing.assert_allclose(runner.predict(x).reshape(x.shape), ort_run(path, x), rtol=1e-4, atol=1e-5)
 
 
@@ -110,18 +113,20 @@ def test_openvino_variant_leaves_the_depthwise_convolutions_out_of_int8(small_on
     rng = np.random.default_rng(3)
     for i in range(2):  # batch files without a manifest: precision.read_calibration takes every row
         rng.standard_normal((1, 3, 224, 224)).astype(np.float32).tofile(calib / f"input_{i:05d}.bin")
-    variant = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, ignore_depthwise=True).load()
-    model = ov.Core().read_model(str(variant.quantized_ir()))
+    variant = extra_backends.OpenVinoVariant(small_onnx, threads=1, calib_dir=calib, num_calib=2,
+                                             nncf_options=rc.DEPTHWISE_FP32).load()
+    model = ov.Core().read_model(str(variant.run_path))
     grouped = [op for op in model.get_ops() if op.get_type_name() == "GroupConvolution"]
     pointwise = [op for op in model.get_ops() if op.get_type_name() == "Convolution"]
     assert grouped and all(op.input_value(0).get_node().get_type_name() != "FakeQuantize" for op in grouped)
     assert any(op.input_value(0).get_node().get_type_name() == "FakeQuantize" for op in pointwise)
     assert variant.predict(rng.standard_normal((1, 3, 224, 224)).astype(np.float32)).shape == (1, 1000)
     calls = []
-    monkeypatch.setattr(precision, "int8_model", lambda *args: calls.append(args) or "production.xml")
-    properties_only = rc.OpenVinoVariant(small_onnx, tmp_path, 1, calib, 2, properties={"PERFORMANCE_HINT": "LATENCY"})
-    assert properties_only.quantized_ir().name == "production.xml"  # the production model, not a new variant
-    assert calls == [(small_onnx, "openvino", calib, 2)]
+    monkeypatch.setattr(precision, "int8_model", lambda *args, **kwargs: calls.append((args, kwargs)) or "production.xml")
+    properties_only = extra_backends.OpenVinoVariant(small_onnx, threads=1, calib_dir=calib, num_calib=2,
+                                                     properties={"PERFORMANCE_HINT": "LATENCY"})
+    assert properties_only.onnx_for_precision().name == "production.xml"  # the production model, not a new variant
+    assert calls == [((small_onnx, "openvino", calib, 2), {"sample_shape": (3, 224, 224), "nncf_options": {}})]
 
 
 @needs("openvino", "nncf")
@@ -137,7 +142,7 @@ def test_the_depthwise_op_configurations_run_the_backend_and_its_copy(small_onnx
     x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
     logits = {}
     for name, compute in (("openvino-int8-dw-op", "block"), ("openvino-int8-dw-op-copy", "copy")):
-        runner = rc.make_runner(name, {"model": small_onnx}, tmp_path, 1, {"model": calib}, None, 2)
+        runner = rc.make_backend(name, {"model": small_onnx}, tmp_path, 1, {"model": calib}, None, 2)
         ops = [op for op in runner.model.get_ops() if op.get_type_name() == OP_TYPE]
         assert len(ops) == 2 and all(op.get_attributes()["compute"] == compute for op in ops)
         assert runner.name == "openvino-dwop" and "own depthwise op" in runner.version

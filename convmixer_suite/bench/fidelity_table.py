@@ -3,7 +3,7 @@ images (convmixer_suite.precision.fidelity.compare_logits, the gate's own measur
 the user's limit (``--max-logit-error``); one beyond it is marked so and never called fastest."""
 import numpy as np
 
-from convmixer_suite.precision.fidelity import compare_logits
+from convmixer_suite.precision.fidelity import logit_figures
 
 
 def fidelity(backends: dict, pictures: np.ndarray, chunk: int, reference: str, limit: float) -> dict:
@@ -11,15 +11,8 @@ def fidelity(backends: dict, pictures: np.ndarray, chunk: int, reference: str, l
     that is within ``limit``."""
     outputs = {name: np.concatenate([b.predict(pictures[i:i + chunk]) for i in range(0, len(pictures), chunk)])
                for name, b in backends.items()}
-    ref = outputs[reference]
-    max_logit = float(np.abs(ref).max())
-    result = {}
-    for name, logits in outputs.items():
-        rel, agree = compare_logits(logits, ref)
-        result[name] = {"top1_agreement": agree / len(pictures), "max_abs_diff": float(np.abs(logits - ref).max()),
-                        "max_abs_logit": max_logit, "max_rel_diff": rel, "within_limit": rel <= limit,
-                        "num_images": int(len(pictures))}
-    return result
+    figures = {name: logit_figures(logits, outputs[reference]) for name, logits in outputs.items()}
+    return {name: {**f, "within_limit": f["max_rel_diff"] <= limit} for name, f in figures.items()}
 
 
 def fastest_within_limit(rows, fid, batch_size=1):

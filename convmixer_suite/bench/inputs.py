@@ -6,16 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from convmixer_suite.model.net import ARCHS, ArchSpec
 from convmixer_suite.bench.configs import CONFIGS, REFERENCE
 from convmixer_suite.util.errors import UserError
-from convmixer_suite.util.files import atomic_path
+# the benchmark reads the generated inputs through this module
+from convmixer_suite.guide.samples import generated_pictures, seeded_checkpoint  # noqa: F401
+from convmixer_suite.guide.transform import load_pictures  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOM_ARCH_RE = re.compile(r"^convmixer_(\d+)_(\d+)_ks(\d+)_p(\d+)$")
-PICTURE_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480))  # typical ImageNet val sizes
 CALIB_SEED_OFFSET = 100_000  # calibration pictures never coincide with the fidelity pictures
 
 
@@ -30,22 +29,6 @@ def arch_spec(name) -> ArchSpec:
     return ArchSpec(name, dim, depth, kernel, patch)
 
 
-def seeded_checkpoint(spec: ArchSpec, seed: int, work: Path) -> Path:
-    """Seeded random weights of ``spec`` as a state dict, written once: demo_data's writer for a released
-    architecture; for a custom one (which demo_data does not build) the same seeded default init."""
-    from convmixer_suite.guide.samples import write_random_checkpoint
-    path = Path(work) / f"RANDOM_WEIGHTS_{spec.name}_seed{seed}.pth"
-    if path.is_file():
-        return path
-    if spec.name in ARCHS:
-        return write_random_checkpoint(path, spec.name, seed)
-    import torch
-    torch.manual_seed(seed)
-    with atomic_path(path) as tmp:
-        torch.save(spec.build().eval().state_dict(), tmp)
-    return path
-
-
 def cached_onnx(checkpoint: Path, work: Path, log=print) -> tuple:
     """The checkpoint exported and verified by convmixer_suite.model.export, cached by its hash; with its architecture."""
     from convmixer_suite.model.checkpoint import load_model
@@ -58,19 +41,6 @@ def cached_onnx(checkpoint: Path, work: Path, log=print) -> tuple:
         for line in export_verified(model, path).lines():
             log(f"    {line}")
     return path, spec
-
-
-def generated_pictures(folder: Path, count: int, first_index: int = 0) -> Path:
-    """``count`` JPEG pictures of ImageNet-like sizes (demo_data's generated pattern), written once."""
-    from convmixer_suite.guide.samples import sample_picture
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        path = folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                sample_picture(first_index + i, PICTURE_SIZES[i % len(PICTURE_SIZES)]).save(tmp, format="JPEG",
-                                                                                             quality=90)
-    return folder
 
 
 def preprocess(image_dir: Path, out: Path, workers: int, batch_size: int = 1):
@@ -95,13 +65,6 @@ def calibration(work: Path, num_calib: int, log=print) -> Path:
     return folder
 
 
-def load_pictures(folder: Path, count: int) -> np.ndarray:
-    from convmixer_suite.guide.transform import EvalTransform, list_images, load_batch
-    paths, _ = list_images(folder)
-    batch, _ = load_batch(paths[:count], EvalTransform())
-    return batch
-
-
 def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_calib):
     """The RunConfig of the benchmark configuration ``name`` (benchmark_configs.CONFIGS); its batch size is
     left open: each timing sets its own."""
@@ -112,20 +75,29 @@ def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_
                            num_calib=num_calib)
 
 
-def load_configs(runs: dict, log=print) -> tuple:
-    """{name: loaded backend} of {name: RunConfig}, and {name: why it was skipped} (a missing optional library,
-    say)."""
+def load_configs(runs: dict, log=print, required=REFERENCE, skippable=(UserError,)) -> tuple:
+    """{name: loaded backend} of {name: RunConfig, or a function that loads a backend}, and {name: why it was
+    skipped}: an exception of ``skippable`` (a missing optional library, say) skips a configuration; ``required``
+    must load."""
     loaded, skipped = {}, {}
     for name, run in runs.items():
         log(f"==> loading {name}")
         try:
-            loaded[name] = run.create_backend()
-        except UserError as exc:
-            if name == REFERENCE:
+            loaded[name] = run.create_backend() if hasattr(run, "create_backend") else run()
+        except skippable as exc:
+            if name == required:
                 raise
-            skipped[name] = str(exc)
-            log(f"    skipped: {exc}")
+            skipped[name] = why_not_loaded(exc)
+            log(f"    skipped: {skipped[name]}")
     return loaded, skipped
+
+
+def why_not_loaded(exc: Exception) -> str:
+    """A UserError's line, or another exception's type and first line."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def accuracy_set(images, labels_path):

@@ -4,8 +4,9 @@ import time
 import numpy as np
 
 
-def time_alternating(backends: dict, batches: dict, iters: int, warmup: int) -> dict:
-    """{name: [latency ms, …]}: warm-up for each first, then each in turn on ``batches[name]``, ``iters`` rounds.
+def time_alternating(backends: dict, batches: dict, iters: int, warmup: int, log=None) -> dict:
+    """{name: [latency ms, …]}: warm-up for each first, then each in turn on ``batches[name]``, ``iters`` rounds;
+    ``log``, where given, gets a line after each round with the time it took and an estimate of the time left.
 
     Each turn runs one untimed batch before the timed one: on two cores the runtime that ran last still
     holds them for a while (ONNX Runtime's and OpenMP's threads spin after a run), and measured here that
@@ -15,13 +16,18 @@ def time_alternating(backends: dict, batches: dict, iters: int, warmup: int) -> 
         for _ in range(warmup):
             backend.predict(batches[name])
     times = {name: [] for name in backends}
-    for _ in range(iters):
+    for round_index in range(iters):
+        started_round = time.perf_counter()
         for name, backend in backends.items():
             batch = batches[name]
             backend.predict(batch)
             started = time.perf_counter()
             backend.predict(batch)
             times[name].append((time.perf_counter() - started) * 1000.0)
+        if log is not None:
+            seconds = time.perf_counter() - started_round
+            log(f"    round {round_index + 1}/{iters}: {seconds:.0f} s; about {seconds * (iters - round_index - 1):.0f} "
+                f"s left")
     return times
 
 

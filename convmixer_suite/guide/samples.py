@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from convmixer_suite.model.net import DEFAULT_ARCH, build_model
+from convmixer_suite.model.net import ARCHS, DEFAULT_ARCH
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.files import atomic_path, write_text_atomic
 from convmixer_suite.util.cli import run_main
@@ -22,17 +22,34 @@ from convmixer_suite.util.cli import run_main
 LABEL_RULE = "image i has class (i * 997) % 1000"
 # test/demo.sh names its random checkpoint RANDOM_WEIGHTS_<arch>.pth.tar; a report says such a run means nothing.
 RANDOM_WEIGHTS_PREFIX = "RANDOM_WEIGHTS_"
+PICTURE_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480))  # typical ImageNet val sizes
 
 
-def write_random_checkpoint(path, arch: str = DEFAULT_ARCH, seed: int = 0) -> Path:
-    """A seeded random state dict of ``arch`` with the released checkpoint's keys."""
+def write_random_checkpoint(path, arch=DEFAULT_ARCH, seed: int = 0, batchnorm_images=None) -> Path:
+    """A seeded random state dict of ``arch`` (a name of ``ARCHS`` or an ``ArchSpec``) with the released
+    checkpoint's keys. ``batchnorm_images`` (a float32 [N,3,224,224] array): the BatchNorm statistics are those of
+    these images, so that activations keep a realistic scale through the blocks (PyTorch's default init lets them
+    fade to almost nothing, which would make a reduced precision look better than it is)."""
     import torch
     torch.manual_seed(seed)
-    model = build_model(arch)
+    model = (ARCHS[arch] if isinstance(arch, str) else arch).build()
+    if batchnorm_images is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # a plain average over the batch
+        model.train()
+        with torch.no_grad():
+            model(torch.from_numpy(batchnorm_images))
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+        torch.save(model.eval().state_dict(), tmp)
     return path
+
+
+def seeded_checkpoint(spec, seed: int, folder) -> Path:
+    """Seeded random weights of ``spec`` (PyTorch's default init) in ``folder``, written once."""
+    path = Path(folder) / f"{RANDOM_WEIGHTS_PREFIX}{spec.name}_seed{seed}.pth"
+    return path if path.is_file() else write_random_checkpoint(path, spec, seed)
 
 
 def sample_picture(index: int, size=(320, 256)) -> Image.Image:
@@ -45,6 +62,20 @@ def sample_picture(index: int, size=(320, 256)) -> Image.Image:
     channels = [127 + 100 * np.sin(xx * fx + yy * fy + p) for (fx, fy), p in zip(freq, phase)]
     rgb = np.stack(channels, axis=-1) + rng.normal(0, 12, size=(h, w, 3))
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+
+
+def generated_pictures(folder, count: int, first_index: int = 0) -> Path:
+    """``count`` JPEG pictures of ImageNet-like sizes (``sample_picture(first_index + i)``) named as ImageNet's
+    validation images, written once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = folder / f"ILSVRC2012_val_{i + 1:08d}.JPEG"
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                sample_picture(first_index + i, PICTURE_SIZES[i % len(PICTURE_SIZES)]).save(tmp, format="JPEG",
+                                                                                             quality=90)
+    return folder
 
 
 def label_of(index: int) -> int:

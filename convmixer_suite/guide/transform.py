@@ -146,3 +146,9 @@ def load_batch(paths, transform: EvalTransform, rows: int = None, skip_bad: bool
                 raise
             bad.append((row, path, str(exc)))
     return batch, bad
+
+
+def load_pictures(folder, count: int, start: int = 0) -> np.ndarray:
+    """Pictures ``start`` to ``start + count`` of ``folder`` (``list_images``' order), as the model takes them."""
+    paths, _ = list_images(folder)
+    return load_batch(paths[start:start + count], EvalTransform())[0]

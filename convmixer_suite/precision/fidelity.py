@@ -83,6 +83,14 @@ def compare_logits(reduced: np.ndarray, reference: np.ndarray) -> tuple:
     return error, int((reduced.argmax(1) == reference.argmax(1)).sum())
 
 
+def logit_figures(logits: np.ndarray, reference: np.ndarray) -> dict:
+    """``compare_logits``' figures as a record: max |diff|, max |reference logit|, max |diff| / max |logit|, the
+    share of images whose top-1 agrees, and the number of images."""
+    relative, agree = compare_logits(logits, reference)
+    return {"max_abs_diff": float(np.abs(logits - reference).max()), "max_abs_logit": float(np.abs(reference).max()),
+            "max_rel_diff": relative, "top1_agreement": agree / len(reference), "num_images": int(len(reference))}
+
+
 def gate(backend, held_out, limit: float = DEFAULT_MAX_LOGIT_ERROR, announce=print) -> "dict | None":
     """The fidelity figures of ``backend`` (loaded) as a dict for the summaries, announced in one line; None when it
     runs fp32. ``held_out()`` gives (images, where they came from). Raises UserError, before the caller writes

@@ -50,12 +50,13 @@ INT8_USER = "--precision int8 on this backend"
 
 
 def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, sample_shape=IMAGE_SHAPE,
-               cpu_class=None, depthwise_op=None) -> Path:
+               cpu_class=None, depthwise_op=None, nncf_options=None) -> Path:
     """The int8 model for ``backend_name`` made from ``onnx_path`` for this machine's int8 class (or
     ``cpu_class``), calibrated on the first ``num_calib`` images of ``calib_dir`` that are not held out (a folder
     written by convmixer_preprocess.py; or, for a model whose input is not an image, batch files of float32
     samples of ``sample_shape``); built once, then reused. ``depthwise_op`` (a depthwise_op.DepthwiseOp, openvino
-    only): the channels-last model whose depthwise half-blocks run on our own operation."""
+    only): the channels-last model whose depthwise half-blocks run on our own operation. ``nncf_options``
+    (openvino only): NNCF settings beside the int8 class's, as ``quantize_nncf_model`` reads them."""
     onnx_path = Path(onnx_path)
     if backend_name not in ROUTES:
         raise UserError(f"--precision int8 runs on {' or '.join(ROUTES)}, not on the {backend_name} backend")
@@ -67,7 +68,9 @@ def int8_model(onnx_path, backend_name, calib_dir, num_calib=DEFAULT_NUM_CALIB, 
     samples, sample_names = load_rows(folder, calibration, sample_shape)
     route, suffix = ROUTES[backend_name]
     cpu_class = cpu_class or this_int8_class()
-    settings = quantizer_settings(route, cpu_class)
+    if nncf_options and route != "nncf":
+        raise UserError(f"NNCF options apply to openvino, not to the {backend_name} backend")
+    settings = {**quantizer_settings(route, cpu_class), **(nncf_options or {})}
     params = {"route": route, "num_calib": len(samples), "library": library_versions(route),
               "cpu_class": cpu_class, "settings": settings}
     if tuple(sample_shape) != IMAGE_SHAPE:
@@ -215,15 +218,23 @@ def quantize_nncf(onnx_path: Path, samples, target: Path, settings: dict) -> Non
 def quantize_nncf_model(model, samples, target: Path, settings: dict, keep_fp32=()) -> None:
     """NNCF post-training quantization of an OpenVINO model (but the nodes named in ``keep_fp32``), saved as IR;
     the .bin is renamed into place before the .xml, so an .xml under the final name always has its weights
-    beside it."""
+    beside it. ``settings``: ``overflow_fix``, and optionally ``ignored_types`` (operation types left in fp32),
+    ``preset`` (a QuantizationPreset name) and ``model_type`` (a ModelType name)."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(settings["overflow_fix"]))
-    ignored = {"ignored_scope": nncf.IgnoredScope(names=list(keep_fp32))} if keep_fp32 else {}
+    options = {}
+    if keep_fp32 or settings.get("ignored_types"):
+        options["ignored_scope"] = nncf.IgnoredScope(names=list(keep_fp32),
+                                                     types=list(settings.get("ignored_types", ())))
+    if settings.get("preset"):
+        options["preset"] = getattr(nncf.QuantizationPreset, settings["preset"])
+    if settings.get("model_type"):
+        options["model_type"] = getattr(nncf.ModelType, settings["model_type"])
     quantized = nncf.quantize(model, nncf.Dataset(samples), subset_size=len(samples),
-                              fast_bias_correction=True, advanced_parameters=advanced, **ignored)
+                              fast_bias_correction=True, advanced_parameters=advanced, **options)
     tmp_xml = target.with_name(f".{target.stem}.tmp{os.getpid()}.xml")
     tmp_bin = tmp_xml.with_suffix(".bin")
     try:
