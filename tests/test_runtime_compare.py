@@ -71,10 +71,12 @@ def test_summary_never_calls_a_configuration_beyond_the_limit_fastest():
                                  "speedup": pytest.approx(100.0 / 40.5)}
     text = rc.markdown({**report, "cpu": "test CPU", "load_before": [1], "load_after": [1], "threads": 2,
                         "iters": 3, "num_fidelity": 2, "limit": 0.02, "skipped": {"iree-fp32": "not installed"},
+                        "failed": {"ncnn-fp32": "ToolError: pnnx failed (exit 1)"},
                         "depthwise_macs": 1e6})
     assert "0.05 (over 2%)" in text and "| 0.01 | 1.00 |" in text
     assert "Fastest within 2%: openvino-int8: 0.74 of the same-run int8 ceiling's speed, 2.47x the fp32 default." in text
-    assert "Not loaded:\n- iree-fp32: not installed" in text
+    assert "Not loaded (this machine lacks it):\n- iree-fp32: not installed" in text
+    assert "FAILED to load:\n- ncnn-fp32: ToolError: pnnx failed (exit 1)" in text
     assert "target" not in text.lower()  # measured ratios, no verdicts
 
 

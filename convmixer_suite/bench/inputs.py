@@ -75,31 +75,6 @@ def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_
                            num_calib=num_calib)
 
 
-def load_configs(runs: dict, log=print, required=REFERENCE, skippable=(UserError,)) -> tuple:
-    """{name: loaded backend} of {name: RunConfig, or a function that loads a backend}, and {name: why it was
-    skipped}: an exception of ``skippable`` (a missing optional library, say) skips a configuration; ``required``
-    must load."""
-    loaded, skipped = {}, {}
-    for name, run in runs.items():
-        log(f"==> loading {name}")
-        try:
-            loaded[name] = run.create_backend() if hasattr(run, "create_backend") else run()
-        except skippable as exc:
-            if name == required:
-                raise
-            skipped[name] = why_not_loaded(exc)
-            log(f"    skipped: {skipped[name]}")
-    return loaded, skipped
-
-
-def why_not_loaded(exc: Exception) -> str:
-    """A UserError's line, or another exception's type and first line."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 def accuracy_set(images, labels_path):
     """Every image of ``images`` with its label from ``labels_path`` (val_label.txt), in order; they are
     preprocessed as LoadGen loads them."""

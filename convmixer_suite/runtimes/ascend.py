@@ -21,12 +21,7 @@ import numpy as np
 from convmixer_suite.guide import msame_log
 from convmixer_suite.guide.run_folder import OUTPUT_SUFFIX, RunFolder
 from convmixer_suite.runtimes.base import Backend, check_batch
-from convmixer_suite.util.errors import NotAvailable, SettingError, UserError
-
-
-class ToolError(RuntimeError):
-    """An Ascend tool that failed, or did not write what it should have: the tool's own failure, not the user's;
-    the message ends with what the tool said."""
+from convmixer_suite.util.errors import NotAvailable, SettingError, ToolError, UserError
 
 
 class ToolBackend(Backend):

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.runtimes.backends import Backend, OpenVinoBackend, OpenVinoDepthwiseBackend, check_batch
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.runtimes.base import Backend, check_batch
+from convmixer_suite.runtimes.openvino_backend import OpenVinoBackend, OpenVinoDepthwiseBackend
+from convmixer_suite.util.errors import ToolError
 from convmixer_suite.util.files import atomic_path, file_sha256
 from convmixer_suite.util.libraries import import_library
 
@@ -38,7 +39,7 @@ def run_converter(argv, what: str) -> None:
     result = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise UserError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}")
+        raise ToolError(f"{what} failed (exit {result.returncode}): {' | '.join(tail)}")
 
 
 def distribution_version(distribution: str) -> str:
@@ -70,7 +71,7 @@ class NcnnBackend(Backend):
         except FileNotFoundError:  # pnnx reports a failed conversion on stderr, then misses its own output files
             pass
         if not (tmp / "m.param").is_file():
-            raise UserError(f"{self.model_path}: pnnx could not convert it (its messages are above)")
+            raise ToolError(f"{self.model_path}: pnnx could not convert it (its messages are above)")
         os.replace(tmp / "m.bin", weights)
         os.replace(tmp / "m.param", param)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +138,7 @@ class IreeBackend(Backend):
         self.context.add_vm_module(vm_module)
         entry = next((n for n in vm_module.function_names if not n.startswith("__") and "$" not in n), None)
         if entry is None:
-            raise UserError(f"{vmfb}: the compiled module has no entry function")
+            raise ToolError(f"{vmfb}: the compiled module has no entry function")
         self.function = self.context.modules[vm_module.name][entry]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

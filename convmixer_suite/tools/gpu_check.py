@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.runtimes.backends import BF16_MIN_CAPABILITY, parse_device
+from convmixer_suite.runtimes.base import parse_device
+from convmixer_suite.runtimes.cuda import BF16_MIN_CAPABILITY
 from convmixer_suite.util.errors import SettingError, UserError
 from convmixer_suite.util.cli import positive_int, run_main
 from convmixer_suite.util.files import write_text_atomic
@@ -156,7 +157,7 @@ def predict_all(backend, images: np.ndarray, batch_size: int = 4) -> np.ndarray:
 
 def reference_part(args, inputs: dict, result: dict, save) -> None:
     """CUDA fp32 against CPU fp32; the CUDA logits become the reference of the configurations."""
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     images = np.load(inputs["fidelity_inputs"])
     cpu_logits = predict_all(create_backend("torch", inputs["checkpoint"]), images)
     device = create_backend("torch", inputs["checkpoint"], device=args.device)
@@ -169,7 +170,7 @@ def reference_part(args, inputs: dict, result: dict, save) -> None:
 def load_config(args, name: str, inputs: dict):
     """The backend of configuration ``name``: torch on the checkpoint, or ONNX Runtime on its ONNX export (made
     once in the work folder), refused with the reason where this onnxruntime lacks the provider."""
-    from convmixer_suite.runtimes.backends import create_backend
+    from convmixer_suite.runtimes.registry import create_backend
     if name in CONFIGS:
         precision, compile_mode = CONFIGS[name]
         return create_backend("torch", inputs["checkpoint"], precision=precision, device=args.device,

@@ -32,11 +32,11 @@ import numpy as np
 
 from convmixer_suite.model.data_config import IMAGE_SHAPE
 from convmixer_suite.model.net import ARCHS, DEFAULT_ARCH
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.util.errors import NotAvailable, UserError
 from convmixer_suite.util.files import atomic_path, output_folder, write_text_atomic
 from convmixer_suite.util.cli import positive_int, run_main
 from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
-from convmixer_suite.runtimes.backends import BACKENDS
+from convmixer_suite.runtimes.registry import BACKENDS
 from convmixer_suite.bench.profiling import profile_backend, profile_markdown
 from convmixer_suite.tools.extra_backends import (IreeBackend, NcnnBackend, OpenVinoDepthwiseCopy, OpenVinoVariant,
                                                   TorchDepthwiseBackend)
@@ -55,7 +55,7 @@ DEPTHWISE_FP32 = {"ignored_types": ["GroupConvolution"]}
 SURVEY_BACKENDS = {"ncnn": NcnnBackend, "iree": IreeBackend, "torch-depthwise": TorchDepthwiseBackend,
                    "openvino-variant": OpenVinoVariant, "openvino-dwop-copy": OpenVinoDepthwiseCopy}
 
-# name -> (kind, options): kind a backend name (convmixer_suite.runtimes.backends) or one of SURVEY_BACKENDS, options
+# name -> (kind, options): kind a backend name (convmixer_suite.runtimes.registry) or one of SURVEY_BACKENDS, options
 # its keyword arguments; "ceiling" is the same-run int8 ceiling. A "dw:" name runs on the depthwise-alone model.
 CONFIGS = {
     REFERENCE: ("onnxruntime", {"precision": "fp32"}),
@@ -134,7 +134,7 @@ def make_backend(name, models: dict, work: Path, threads: int, calib: dict, spec
         loaded, skipped = load_ceilings({PRODUCTION: ("openvino", "int8")}, spec, work, threads=threads,
                                         num_calib=32, log=lambda line: print(line, file=sys.stderr))
         if skipped:
-            raise UserError(skipped[PRODUCTION])
+            raise NotAvailable(skipped[PRODUCTION])
         return loaded[PRODUCTION]
     part = "dw" if name.startswith(DEPTHWISE_PREFIX) else "model"
     backend = {**BACKENDS, **SURVEY_BACKENDS}[kind]
@@ -197,10 +197,12 @@ def fastest_lines(fastest, limit: float) -> list:
 
 def skipped_and_profiles(report) -> list:
     skipped = [f"- {name}: {why}" for name, why in report["skipped"].items()]
+    failed = [f"- {name}: {why}" for name, why in report.get("failed", {}).items()]
     profiles = []
     for name, rows in report.get("profiles", {}).items():
         profiles += [""] + profile_markdown(name, rows, limit=8)
-    return (["", "Not loaded:"] + skipped if skipped else []) + profiles
+    return ((["", "Not loaded (this machine lacks it):"] + skipped if skipped else [])
+            + (["", "FAILED to load:"] + failed if failed else []) + profiles)
 
 
 # ---- the whole run ---------------------------------------------------------------------------------------
@@ -232,7 +234,7 @@ def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=
 
     from convmixer_suite.bench.ceiling import ceiling_input
     from convmixer_suite.bench.fidelity_table import fidelity
-    from convmixer_suite.bench.inputs import load_configs
+    from convmixer_suite.bench.loading import load_each
     from convmixer_suite.bench.timing import time_alternating
     from convmixer_suite.guide.samples import generated_pictures
     from convmixer_suite.guide.transform import load_pictures
@@ -245,8 +247,9 @@ def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=
     load_before = os.getloadavg()
     models, calib, checkpoint = prepare_models(spec, work, checkpoint, seed, num_calib, log)
     # a converter or compiler of an optional runtime failing is a result too
-    backends, skipped = load_configs({n: partial(make_backend, n, models, work, threads, calib, spec, num_calib)
-                                      for n in names}, log, required=REFERENCE, skippable=(Exception,))
+    backends, skipped, failed = load_each(names, partial(make_backend, models=models, work=work, threads=threads,
+                                                         calib=calib, spec=spec, num_calib=num_calib),
+                                          log, required=(REFERENCE,))
     images = load_pictures(generated_pictures(work / f"fidelity_pictures_{num_fidelity}", num_fidelity),
                            num_fidelity)
     log(f"==> fidelity on {num_fidelity} held-out pictures")
@@ -266,7 +269,7 @@ def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=
     report.update(cpu=describe_cpu(info), cpu_info=info, load_before=[round(x, 2) for x in load_before],
                   load_after=[round(x, 2) for x in os.getloadavg()], threads=threads, iters=iters, warmup=warmup,
                   num_calib=num_calib, num_fidelity=num_fidelity, limit=limit, arch=spec.name,
-                  checkpoint=str(checkpoint), skipped=skipped, depthwise_macs=depthwise_macs(spec),
+                  checkpoint=str(checkpoint), skipped=skipped, failed=failed, depthwise_macs=depthwise_macs(spec),
                   models={k: str(v) for k, v in models.items()}, profiles=profiles)
     return report
 

@@ -35,6 +35,11 @@ class SettingError(UserError):
         return f"--{self.setting.replace('_', '-')} {self.text}"
 
 
+class ToolError(RuntimeError):
+    """An external program (a compiler, a converter, an accelerator's runner) that failed or did not write what
+    it should have: the tool's own failure, not the user's; the message ends with what the tool said."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's message, or its type's name when it has none."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
