@@ -169,9 +169,13 @@ def calib_dir(tmp_path, photo_folder, session_calib):
 
 
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
-    """Run a repo script (``python3 x.py …`` or ``bash test/x.sh …``) and return the CompletedProcess."""
+    """Run a repo script (``python3 x.py …`` or ``bash test/x.sh …``), or a command (``convmixer-benchmark …`` as
+``python3 -m convmixer_suite.commands.benchmark …``), and return the CompletedProcess."""
     cmd = list(args)
-    if cmd[0].endswith(".py"):
+    if str(cmd[0]).startswith("convmixer-"):
+        module = cmd[0][len("convmixer-"):].replace("-", "_")
+        cmd = [sys.executable, "-m", f"convmixer_suite.commands.{module}"] + cmd[1:]
+    elif cmd[0].endswith(".py"):
         cmd = [sys.executable, str(REPO / cmd[0])] + cmd[1:]
     elif cmd[0].endswith(".sh"):
         cmd = ["bash", str(REPO / cmd[0])] + cmd[1:]

@@ -1,5 +1,6 @@
 """pyproject.toml and the requirements files pin the same packages, and the package ships its data files."""
 import fnmatch
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -64,8 +65,14 @@ def test_the_report_templates_are_package_data():
         assert any(fnmatch.fnmatch(f"templates/{template.name}", p) for p in patterns["convmixer_suite.bench"])
 
 
-def test_the_report_command_is_installed():
-    assert project()["scripts"]["convmixer-report"] == "convmixer_suite.bench.report_command:main"
+def test_every_command_is_installed():
+    """One installed command per module of convmixer_suite/commands, each entering through its run()."""
+    modules = sorted(p.stem for p in (REPO / "convmixer_suite" / "commands").glob("*.py") if p.stem != "__init__")
+    scripts = project()["scripts"]
+    assert scripts == {f"convmixer-{m.replace('_', '-')}": f"convmixer_suite.commands.{m}:run" for m in modules}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
 
 
 def test_the_native_sources_are_package_data():

@@ -39,11 +39,11 @@ def test_the_command_line_refuses_a_file_as_work_folder_and_a_zero_count(tmp_pat
     from conftest import run_script
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    refused = run_script("test/stream_bench.py", "--work", a_file, "--num-images", 10, "--engines", "local")
+    refused = run_script("convmixer-stream-bench", "--work", a_file, "--num-images", 10, "--engines", "local")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [f"stream_bench.py: error: --work {a_file}: cannot be used as a "
                                                    f"folder (File exists)"]
-    zero = run_script("test/stream_bench.py", "--work", tmp_path / "w", "--num-images", 0)
+    zero = run_script("convmixer-stream-bench", "--work", tmp_path / "w", "--num-images", 0)
     assert zero.returncode == 2 and "--num-images: must be at least 1" in zero.stderr
     assert not (tmp_path / "w").exists()
 
