@@ -184,6 +184,20 @@ def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
                           check=check, timeout=timeout)
 
 
+def tracked_copy(dst):
+    """The repository's tracked files (symlinks kept), as a fresh clone has them."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, names.decode().split("\0")):
+        src, target = REPO / name, dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            target.symlink_to(os.readlink(src))
+        elif src.is_file():
+            target.write_bytes(src.read_bytes())
+            target.chmod(src.stat().st_mode)
+    return dst
+
+
 def closed_port() -> int:
     """A 127.0.0.1 port nothing listens on: a download from it is refused at once (tests never reach out
     to the real release address)."""

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import FAKE_AIS_BENCH, FAKE_MSAME, REPO, seeded_model, write_photo
+from conftest import FAKE_AIS_BENCH, FAKE_MSAME, REPO, seeded_model, tracked_copy, write_photo
 from old_pythons import guide_venv
 
 from convmixer_suite.guide.transform import EvalTransform, load_rgb
@@ -53,20 +53,6 @@ for k, path in enumerate(sys.argv[2:]):
     image = Image.open(path).convert("RGB")
     transform(image).unsqueeze(0).numpy().astype(np.float32).tofile("%s/input_%05d.bin" % (out, k))
 """
-
-
-def tracked_copy(dst):
-    """The repository's tracked files (symlinks kept), as a fresh clone has them."""
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, names.decode().split("\0")):
-        src, target = REPO / name, dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            target.symlink_to(os.readlink(src))
-        elif src.is_file():
-            target.write_bytes(src.read_bytes())
-            target.chmod(src.stat().st_mode)
-    return dst
 
 
 def fake_tools(folder):

@@ -12,23 +12,10 @@ import tomllib
 
 import pytest
 import torch
-from conftest import REPO, offline_env, seeded_model, write_photo_folder
+from conftest import REPO, offline_env, seeded_model, tracked_copy, write_photo_folder
 
 COMMANDS = sorted(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"])
 TIMEOUT_S = 600
-
-
-def tracked_copy(dst):
-    """The repository's tracked files, as a fresh clone has them (symlinks kept)."""
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, names.decode().split("\0")):
-        source, target = REPO / name, dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            target.symlink_to(os.readlink(source))
-        elif source.is_file():
-            shutil.copy2(source, target)
-    return dst
 
 
 @pytest.fixture(scope="module")
