@@ -132,7 +132,7 @@ echo "====accuracy data===="
 run_step "$results_step. accuracy data" "" python3 "$REPO_DIR/test/parse.py" --result-file "./result/$result_json"
 echo "====report===="
 if python3 -c "import jinja2" 2>/dev/null; then
-    run_step "$results_step. HTML report" "" python3 -m convmixer_suite.bench.report_command "./result/$result_json" \
+    run_step "$results_step. HTML report" "" python3 -m convmixer_suite.commands.report "./result/$result_json" \
         --labels "$label_file" --out "./result/report_bs${bs}.html"
 else
     echo "no HTML report: it needs Jinja2 (pip install -r requirements.txt, Python 3.10 or later)"

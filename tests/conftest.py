@@ -169,15 +169,33 @@ def calib_dir(tmp_path, photo_folder, session_calib):
 
 
 def run_script(*args, cwd=REPO, env=None, check=False, timeout=600):
-    """Run a repo script (``python3 x.py …`` or ``bash test/x.sh …``) and return the CompletedProcess."""
+    """Run a repo script (``python3 x.py …`` or ``bash test/x.sh …``), or a command (``convmixer-benchmark …`` as
+``python3 -m convmixer_suite.commands.benchmark …``), and return the CompletedProcess."""
     cmd = list(args)
-    if cmd[0].endswith(".py"):
+    if str(cmd[0]).startswith("convmixer-"):
+        module = cmd[0][len("convmixer-"):].replace("-", "_")
+        cmd = [sys.executable, "-m", f"convmixer_suite.commands.{module}"] + cmd[1:]
+    elif cmd[0].endswith(".py"):
         cmd = [sys.executable, str(REPO / cmd[0])] + cmd[1:]
     elif cmd[0].endswith(".sh"):
         cmd = ["bash", str(REPO / cmd[0])] + cmd[1:]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(c) for c in cmd], cwd=cwd, env=full_env, capture_output=True, text=True,
                           check=check, timeout=timeout)
+
+
+def tracked_copy(dst):
+    """The repository's tracked files (symlinks kept), as a fresh clone has them."""
+    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, names.decode().split("\0")):
+        src, target = REPO / name, dst / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            target.symlink_to(os.readlink(src))
+        elif src.is_file():
+            target.write_bytes(src.read_bytes())
+            target.chmod(src.stat().st_mode)
+    return dst
 
 
 def closed_port() -> int:

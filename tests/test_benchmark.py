@@ -1,4 +1,4 @@
-"""test/benchmark.py --quick: it runs, and its numbers agree with each other (never a speed assertion)."""
+"""convmixer-benchmark --quick: it runs, and its numbers agree with each other (never a speed assertion)."""
 import csv
 import importlib.util
 import json
@@ -37,7 +37,7 @@ def eval_acc_top1(tmp_path, onnx, images, labels) -> float:
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
+    result = run_script("convmixer-benchmark", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
                         "--scenarios", "SingleStream,Offline", "--profile", "openvino-int8")
     assert result.returncode == 0, result.stderr[-2000:]
     return out, json.loads((out / "benchmark.json").read_text()), result
@@ -114,7 +114,7 @@ def test_markdown_table_and_plot(quick_report):
 
 
 def test_unknown_configuration_is_refused_in_one_line(tmp_path):
-    result = run_script("test/benchmark.py", "--quick", "--configs", "tensorflow-fp32", "--out", tmp_path)
+    result = run_script("convmixer-benchmark", "--quick", "--configs", "tensorflow-fp32", "--out", tmp_path)
     assert result.returncode == 2 and "tensorflow-fp32" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -160,7 +160,7 @@ def test_loadgen_server_bisection_and_accuracy_run(tmp_path, small_checkpoint, s
     ``--submission-layout none``: LoadGen's logs alone in loadgen/, no submission around them."""
     labels, paths = labels_partly_as_predicted(small_model, photo_folder, tmp_path / "val_label.txt", 4)
     out = tmp_path / "bench"
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
+    result = run_script("convmixer-benchmark", "--quick", "--out", out, "--checkpoint", small_checkpoint,
                         "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "Server",
                         "--server-steps", 2, "--server-queries", 100, "--loadgen-accuracy", "--images", photo_folder,
                         "--labels", labels, "--submission-layout", "none",
@@ -234,7 +234,7 @@ def test_a_rerun_reuses_the_cached_models_and_a_tight_fidelity_limit_marks_int8(
     report's folder, whose files the other tests read, so it may run in any order."""
     out = Path(shutil.copytree(quick_report[0], tmp_path / "bench"))
     work_files = sorted(p.name for p in (out / "work").rglob("*") if p.is_file())
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
+    result = run_script("convmixer-benchmark", "--quick", "--out", out, "--num-calib", 4, "--prep-images", 6,
                         "--configs", "torch-fp32,onnxruntime-int8", "--batch-sizes", "1", "--max-logit-error", "1e-9")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "quantizing" not in result.stdout + result.stderr       # the int8 model came from the cache
@@ -254,7 +254,7 @@ def test_engines_check_runs_local_and_ray_on_the_same_images(tmp_path):
     """--engines-check: three configurations, the same JSON from each, figures that agree with each other.
     The Ray runs start Ray on this machine, as --engine ray does without --ray-address."""
     pytest.importorskip("ray")
-    result = run_script("test/benchmark.py", "--quick", "--engines-check", "--engines-rounds", 1,
+    result = run_script("convmixer-benchmark", "--quick", "--engines-check", "--engines-rounds", 1,
                         "--engines-images", 3, "--out", tmp_path, env={"RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "engines_check.json").read_text())

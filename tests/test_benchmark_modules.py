@@ -246,11 +246,8 @@ def test_without_loadgen_the_scenarios_say_how_to_install_it(monkeypatch):
 def test_submission_durations_leave_mlperf_conf_its_600_s():
     """--submission-durations: no minimum duration or query count of ours (mlperf.conf's 600 s stand),
     MLPerf's 1024 performance samples and Offline's 24576; --quick's short runs otherwise."""
-    import importlib.util
     from convmixer_suite.bench.benchmark import loadgen_settings
-    spec = importlib.util.spec_from_file_location("benchmark_cli", Path(__file__).parent.parent / "test/benchmark.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from convmixer_suite.commands import benchmark as cli
     quick = loadgen_settings(cli.parse_args(["--quick", "--out", "o"]))
     assert (quick.min_duration_ms, quick.min_query_count, quick.server_queries) == (200, 64, 1024)
     assert quick.performance_sample_count == 1024  # MLPerf's: the QSL repeats the images it holds

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import export_small_onnx, offline_env, run_script, seeded_model, write_photo
 
-import convmixer_classify
+from convmixer_suite.commands import classify as classify_command
 from convmixer_suite.run import classify
 from convmixer_suite.guide import imagenet_classes
 from convmixer_suite.runtimes.registry import create_backend
@@ -149,7 +149,7 @@ def test_default_model_is_the_exported_onnx_else_the_checkpoint(tmp_path, small_
 
 def run_cli(*argv):
     with pytest.raises(SystemExit) as exit_info:
-        run_main(convmixer_classify.main, [str(a) for a in argv])
+        run_main(classify_command.main, [str(a) for a in argv])
     return exit_info.value.code
 
 
@@ -171,7 +171,7 @@ def test_no_readable_photo_and_bad_flags(tmp_path, small_onnx, capsys):
     assert err[1].endswith(f"{tmp_path}: is a folder, not a photo")
     assert err[2].endswith("error: none of the 2 photo(s) could be read")
     with pytest.raises(SystemExit):
-        convmixer_classify.parse_args(["x.jpg", "--topk", "1001"])
+        classify_command.parse_args(["x.jpg", "--topk", "1001"])
     assert "--topk 1001: the model knows 1000 classes" in capsys.readouterr().err
 
 

@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, closed_port, seeded_model
 
 import convmixer_net
-import convmixer_pth2onnx
+from convmixer_suite.commands import pth2onnx as pth2onnx_command
 from convmixer_suite.model import download
 from convmixer_suite.model.checkpoint import load_model
 from convmixer_suite.util.errors import UserError
@@ -160,7 +160,7 @@ def test_no_download_and_unreleased_names(tmp_path, release):
 
 def run_pth2onnx(*argv):
     with pytest.raises(SystemExit) as exit_info:
-        run_main(convmixer_pth2onnx.main, [str(a) for a in argv])
+        run_main(pth2onnx_command.main, [str(a) for a in argv])
     return exit_info.value.code
 
 

@@ -1,8 +1,9 @@
 """The GPU path on a machine without one: options, one-line refusals, the float16 ONNX, the stream's feeding order,
-and test/gpu_check.sh (its no-GPU branch, and its parts run on the CPU as a functional check)."""
+and convmixer-gpu-check (its no-GPU branch, and its parts run on the CPU as a functional check)."""
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,9 +14,9 @@ import onnx
 import pytest
 import torch
 
-import convmixer_classify
-import convmixer_infer
-import convmixer_stream_eval
+from convmixer_suite.commands import classify as classify_command
+from convmixer_suite.commands import infer as infer_command
+from convmixer_suite.commands import stream_eval as stream_eval_command
 from conftest import REPO
 from convmixer_suite.runtimes import cuda, onnxruntime_backend
 from convmixer_suite.tools import gpu_check
@@ -44,28 +45,28 @@ def one_line_error(excinfo) -> str:
 
 def test_scripts_take_fp16_bf16_and_compile():
     base = ["--model", "m.pth", "--input", "in", "--output", "out", "--device", "cuda:0"]
-    args = convmixer_infer.parse_args(base + ["--precision", "fp16", "--compile"])
+    args = infer_command.parse_args(base + ["--precision", "fp16", "--compile"])
     assert (args.precision, args.compile_mode, args.device) == ("fp16", "reduce-overhead", "cuda:0")
-    assert convmixer_infer.parse_args(base + ["--compile", "max-autotune"]).compile_mode == "max-autotune"
-    assert convmixer_infer.parse_args(base).compile_mode is None
-    stream = convmixer_stream_eval.parse_args(["--model", "m.pth", "--image-path", "i", "--annotation-file-path", "a",
+    assert infer_command.parse_args(base + ["--compile", "max-autotune"]).compile_mode == "max-autotune"
+    assert infer_command.parse_args(base).compile_mode is None
+    stream = stream_eval_command.parse_args(["--model", "m.pth", "--image-path", "i", "--annotation-file-path", "a",
                                                "--result-json-path", "r", "--json-file-name", "j.json",
                                                "--precision", "bf16", "--compile", "default"])
     assert (stream.precision, stream.compile_mode) == ("bf16", "default")
-    photo = convmixer_classify.parse_args(["p.jpg", "--precision", "fp16", "--device", "cuda:1"])
+    photo = classify_command.parse_args(["p.jpg", "--precision", "fp16", "--device", "cuda:1"])
     assert (photo.precision, photo.compile_mode, photo.device) == ("fp16", None, "cuda:1")
 
 
 @pytest.mark.parametrize("argv", [["--compile", "fast"], ["--precision", "fp8"]])
 def test_bad_gpu_options_are_refused_by_argparse(argv, capsys):
     with pytest.raises(SystemExit):
-        convmixer_infer.parse_args(["--model", "m", "--input", "i", "--output", "o"] + argv)
+        infer_command.parse_args(["--model", "m", "--input", "i", "--output", "o"] + argv)
     assert "invalid choice" in capsys.readouterr().err
 
 
 def test_classify_takes_no_int8(capsys):
     with pytest.raises(SystemExit):
-        convmixer_classify.parse_args(["p.jpg", "--precision", "int8"])  # it has no --calib
+        classify_command.parse_args(["p.jpg", "--precision", "int8"])  # it has no --calib
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -426,7 +427,7 @@ def test_the_summary_names_the_stage_that_bounds_the_run(decode_s, inference_ms,
                         workers=2, pipeline_s=6.0)
     rates = times.rates()
     assert rates["bound_stage"] == bound
-    line = [x for x in convmixer_stream_eval.stage_lines(rates, 2) if "bound by" in x]
+    line = [x for x in stream_eval_command.stage_lines(rates, 2) if "bound by" in x]
     assert line == [f"[INFO] bound by: {bound or 'nothing timed'} (the stage with the fewest images/s)"]
     assert "ms" not in line[0]  # test/parse.py reads the log's last "…ms"
 
@@ -536,8 +537,15 @@ def test_gpu_check_refuses_bad_arguments(argv, message):
 
 
 def run_gpu_check(*args, timeout=300):
-    return subprocess.run(["bash", str(REPO / "test" / "gpu_check.sh"), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run([sys.executable, "-m", "convmixer_suite.commands.gpu_check", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_gpu_check_names_the_packages_this_python_lacks(monkeypatch):
+    from convmixer_suite.commands import gpu_check as gpu_check_command
+    monkeypatch.setitem(gpu_check_command.NEEDED, "no_such_module_here", "no-such-distribution")
+    with pytest.raises(UserError, match=rf"{re.escape(sys.executable)} lacks no-such-distribution; install them"):
+        gpu_check_command.main(["--out", "unused"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
@@ -605,10 +613,10 @@ def test_classify_runs_the_fidelity_gate_of_a_reduced_precision(small_onnx, phot
     pytest.importorskip("openvino")
     photos = [str(p) for p in sorted(photo_folder.iterdir())[:3]]
     argv = photos + ["--model", str(small_onnx), "--backend", "openvino", "--precision", "bf16"]
-    assert convmixer_classify.main(argv) == 0
+    assert classify_command.main(argv) == 0
     out = capsys.readouterr().out
     if "precision fp32" in out.splitlines()[0]:
         pytest.skip("this CPU has no bf16: OpenVINO ran fp32, which has no gate")
     assert "[INFO] fidelity: bf16 on openvino" in out and "the photos given" in out
     with pytest.raises(UserError, match="above --max-logit-error 0"):
-        convmixer_classify.main(argv + ["--max-logit-error", "0"])
+        classify_command.main(argv + ["--max-logit-error", "0"])

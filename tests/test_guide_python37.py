@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import FAKE_AIS_BENCH, FAKE_MSAME, REPO, seeded_model, write_photo
+from conftest import FAKE_AIS_BENCH, FAKE_MSAME, REPO, seeded_model, tracked_copy, write_photo
 from old_pythons import guide_venv
 
 from convmixer_suite.guide.transform import EvalTransform, load_rgb
@@ -53,20 +53,6 @@ for k, path in enumerate(sys.argv[2:]):
     image = Image.open(path).convert("RGB")
     transform(image).unsqueeze(0).numpy().astype(np.float32).tofile("%s/input_%05d.bin" % (out, k))
 """
-
-
-def tracked_copy(dst):
-    """The repository's tracked files (symlinks kept), as a fresh clone has them."""
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for name in filter(None, names.decode().split("\0")):
-        src, target = REPO / name, dst / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            target.symlink_to(os.readlink(src))
-        elif src.is_file():
-            target.write_bytes(src.read_bytes())
-            target.chmod(src.stat().st_mode)
-    return dst
 
 
 def fake_tools(folder):
@@ -235,11 +221,12 @@ def test_demo_runs_on_the_guide_python(evaluated):
 
 
 def test_modern_stack_scripts_say_they_need_a_newer_python(guide_host):
-    for script in ("convmixer_stream_eval.py", "test/benchmark.py"):
-        result = subprocess.run(f"python3 {script} --help", shell=True, cwd=guide_host.root, env=guide_host.env,
+    for command, prog in (("convmixer_stream_eval.py", "convmixer_stream_eval.py"),
+                          ("-m convmixer_suite.commands.benchmark", "benchmark.py")):
+        result = subprocess.run(f"python3 {command} --help", shell=True, cwd=guide_host.root, env=guide_host.env,
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 2, result.stderr
-        assert re.fullmatch(rf"{os.path.basename(script)}: error: needs Python 3\.10 or later \(this is Python "
+        assert re.fullmatch(rf"{prog}: error: needs Python 3\.10 or later \(this is Python "
                             rf"3\.7\.\d+\); the guide's scripts run on older Pythons\n", result.stderr), result.stderr
 
 

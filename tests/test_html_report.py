@@ -148,7 +148,7 @@ def test_the_benchmark_report_shows_every_configuration_and_the_machine(tmp_path
     """From a benchmark.json the benchmark wrote (kept in docs/results)."""
     source = next(REPO.glob("docs/results/*/benchmark.json"))
     out = tmp_path / "report.html"
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.bench.report_command", str(source),
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.commands.report", str(source),
                              "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"wrote {out}\n"
@@ -163,7 +163,7 @@ def test_the_benchmark_report_shows_every_configuration_and_the_machine(tmp_path
 
 
 def test_a_missing_file_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.bench.report_command",
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.commands.report",
                              str(tmp_path / "nothing.json")], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().endswith(f"error: {tmp_path / 'nothing.json'}: no such file")
     assert len(result.stderr.strip().splitlines()) == 1

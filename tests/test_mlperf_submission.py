@@ -1,4 +1,4 @@
-"""test/benchmark.py's open-division submission against the submission checker's v6.1 rules as docs/formats.md
+"""convmixer-benchmark's open-division submission against the submission checker's v6.1 rules as docs/formats.md
 writes them down (the bullets of "The submission checker's v6.1 rules" are read here, so the page and the test
 cannot drift apart). No MLPerf code is read: the rules are facts from mlcommons/inference's checker, and the
 real checker's verdict on such a tree is in docs/benchmarks.md."""
@@ -56,7 +56,7 @@ def submission(tmp_path_factory):
     out = tmp / "bench"
     stale = out / "open" / SUBMITTER / "results" / "an-earlier-run_torch-fp32" / "m" / "Offline"
     stale.mkdir(parents=True)  # an earlier run's results: removed, never mixed into this one's
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--configs", "onnxruntime-fp32",
+    result = run_script("convmixer-benchmark", "--quick", "--out", out, "--configs", "onnxruntime-fp32",
                         "--batch-sizes", "1,2", "--scenarios", "SingleStream,Offline", "--loadgen-accuracy",
                         "--images", data / "val", "--labels", data / "val_label.txt", "--no-ceiling",
                         "--prep-images", 4, "--stream-images", 2, "--submitter", SUBMITTER, "--system-name", SYSTEM)
@@ -77,7 +77,7 @@ def test_the_tree_has_the_checkers_folders_and_model_mapping(submission):
     assert json.loads((root / "model_mapping.json").read_text()) == {report["arch"]: benchmark}
     src = {p.name: p.read_text() for p in (root / "src").iterdir()}
     assert f"mlcommons-loadgen=={importlib.metadata.version('mlcommons-loadgen')}" in src["requirements.txt"]
-    assert "python3 test/benchmark.py --quick" in src["README.md"] and f"--submitter {SUBMITTER}" in src["README.md"]
+    assert "convmixer-benchmark --quick" in src["README.md"] and f"--submitter {SUBMITTER}" in src["README.md"]
     systems = {p.name for p in (root / "results").iterdir()}
     assert systems == {f"{SYSTEM}_torch-fp32", f"{SYSTEM}_onnxruntime-fp32"}  # a system per configuration
     assert f"removing {out / 'open' / SUBMITTER} of an earlier run" in stdout
@@ -173,6 +173,6 @@ def test_accuracy_logs_are_cut_to_the_checkers_size_with_the_full_logs_hash(subm
 
 
 def test_a_submitter_that_cannot_name_a_folder_is_refused_in_one_line(tmp_path):
-    result = run_script("test/benchmark.py", "--quick", "--out", tmp_path, "--submitter", "My Org/1")
+    result = run_script("convmixer-benchmark", "--quick", "--out", tmp_path, "--submitter", "My Org/1")
     assert result.returncode == 2 and "--submitter 'My Org/1'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -1,4 +1,4 @@
-"""MLPerf Inference's own tools on what test/benchmark.py leaves (mlcommons/inference,
+"""MLPerf Inference's own tools on what convmixer-benchmark leaves (mlcommons/inference,
 vision/classification_and_detection/tools/accuracy-imagenet.py, as FORMATS.md describes it): the script is
 re-enacted here step by step, as tests/test_guide_scripts.py re-enacts the ModelZoo scripts, and must give the
 top-1 that the guide's convmixer_eval_acc.py gives on the same images."""
@@ -43,7 +43,7 @@ def test_mlperf_accuracy_script_scores_our_folder_to_our_top1(tmp_path, small_ch
     holds MLPerf's layout, and MLPerf's accuracy script scores the full log beside val_map.txt to our top-1."""
     labels, paths = labels_partly_as_predicted(small_model, photo_folder, tmp_path / "val_label.txt", 3)
     out = tmp_path / "bench"
-    result = run_script("test/benchmark.py", "--quick", "--out", out, "--checkpoint", small_checkpoint,
+    result = run_script("convmixer-benchmark", "--quick", "--out", out, "--checkpoint", small_checkpoint,
                         "--configs", "onnxruntime-fp32", "--batch-sizes", 1, "--scenarios", "SingleStream",
                         "--loadgen-accuracy", "--images", photo_folder, "--labels", labels, "--no-ceiling",
                         "--prep-images", 4, "--stream-images", 2)

@@ -1,5 +1,6 @@
 """pyproject.toml and the requirements files pin the same packages, and the package ships its data files."""
 import fnmatch
+import importlib
 import re
 import tomllib
 from pathlib import Path
@@ -66,8 +67,14 @@ def test_every_data_file_of_the_package_is_package_data():
     assert config["packages"]["find"]["include"] == ["convmixer_suite", "convmixer_suite.*"]
 
 
-def test_the_report_command_is_installed():
-    assert project()["scripts"]["convmixer-report"] == "convmixer_suite.bench.report_command:main"
+def test_every_command_is_installed():
+    """One installed command per module of convmixer_suite/commands, each entering through its run()."""
+    modules = sorted(p.stem for p in (REPO / "convmixer_suite" / "commands").glob("*.py") if p.stem != "__init__")
+    scripts = project()["scripts"]
+    assert scripts == {f"convmixer-{m.replace('_', '-')}": f"convmixer_suite.commands.{m}:run" for m in modules}
+    for target in scripts.values():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
 
 
 def test_the_gpu_requirements_are_requirements_txt_with_onnxruntime_gpu_in_place_of_onnxruntime():

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-import convmixer_preprocess
+from convmixer_suite.commands import preprocess as preprocess_command
 from conftest import REPO, run_script, write_photo
 from convmixer_net import DATA_CONFIG
 from convmixer_suite.util.errors import UserError
@@ -47,7 +47,7 @@ def preprocess(images, out, *extra):
 
 def preprocess_in_process(images, out, *extra):
     """Run the script's main() here (no interpreter start); user errors raise UserError."""
-    convmixer_preprocess.main([str(a) for a in ("--image-path", images, "--prep-image", out, *extra)])
+    preprocess_command.main([str(a) for a in ("--image-path", images, "--prep-image", out, *extra)])
 
 
 def test_batches_in_name_order_with_padding(tmp_path, photo_folder, capsys):

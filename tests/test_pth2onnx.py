@@ -12,7 +12,7 @@ from conftest import run_script, timm_state_dict, write_photo
 from safetensors.torch import save_file
 
 import convmixer_net
-import convmixer_pth2onnx
+from convmixer_suite.commands import pth2onnx as pth2onnx_command
 from convmixer_suite.model import checkpoint
 from convmixer_suite.model import export
 from convmixer_suite.util.errors import UserError
@@ -28,7 +28,7 @@ def dims(value_info):
 def run_cli(*argv):
     """Run the script's main under run_main in-process and return its exit status (output: capsys)."""
     with pytest.raises(SystemExit) as exit_info:
-        run_main(convmixer_pth2onnx.main, [str(a) for a in argv])
+        run_main(pth2onnx_command.main, [str(a) for a in argv])
     return exit_info.value.code
 
 
@@ -83,7 +83,7 @@ def test_allow_pickle_opts_in_to_full_unpickling(tmp_path, small_model, capsys):
 
 def test_help_warns_that_allow_pickle_executes_code(capsys):
     with pytest.raises(SystemExit):
-        convmixer_pth2onnx.parse_args(["--help"])
+        pth2onnx_command.parse_args(["--help"])
     assert "EXECUTES CODE" in " ".join(capsys.readouterr().out.split())
 
 
@@ -137,7 +137,7 @@ def test_bad_batch_size_and_arch_are_refused(small_checkpoint, tmp_path, capsys)
     assert run_cli("--source", small_checkpoint, "--target", tmp_path / "o.onnx", "--batch-size", 0) == 2
     assert "--batch-size must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own choices check
-        convmixer_pth2onnx.parse_args(["--source", "a", "--target", "b", "--arch", "resnet50"])
+        pth2onnx_command.parse_args(["--source", "a", "--target", "b", "--arch", "resnet50"])
     assert exit_info.value.code == 2
 
 

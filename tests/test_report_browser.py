@@ -179,7 +179,7 @@ def test_the_comparison_lists_the_changed_images_with_their_pictures(two_runs, o
     first_json = two_runs["files_run"] / "result" / f"result_bs{BS}.json"
     second_json = two_runs["stream_run"] / "result" / f"result_bs{BS}.json"
     out = tmp_path / "compare.html"
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.bench.report_command", str(first_json),
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.commands.report", str(first_json),
                              "--compare", str(second_json), "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     first = first_run_top1(two_runs["files_run"])
@@ -205,7 +205,7 @@ def test_runs_of_different_image_sets_are_refused_in_one_line(two_runs, tmp_path
     shutil.copytree(two_runs["stream_run"] / "result", copy)
     part = next((copy / f"result_bs{BS}_records").glob("part-*.jsonl"))
     part.write_text("".join(part.read_text().splitlines(keepends=True)[1:]))
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.bench.report_command",
+    result = subprocess.run([sys.executable, "-m", "convmixer_suite.commands.report",
                              str(two_runs["files_run"] / "result" / f"result_bs{BS}.json"),
                              "--compare", str(copy / f"result_bs{BS}.json")], capture_output=True, text=True)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
@@ -216,7 +216,7 @@ def test_runs_of_different_image_sets_are_refused_in_one_line(two_runs, tmp_path
 def test_the_benchmark_report_opens_offline(offline_page, tmp_path):
     source = next(REPO.glob("docs/results/*/benchmark.json"))
     out = tmp_path / "report.html"
-    subprocess.run([sys.executable, "-m", "convmixer_suite.bench.report_command", str(source), "--out", str(out)],
+    subprocess.run([sys.executable, "-m", "convmixer_suite.commands.report", str(source), "--out", str(out)],
                    check=True, capture_output=True)
     page = offline_page.open(out)
     report = json.loads(source.read_text())

@@ -13,7 +13,7 @@ from convmixer_suite.run.records import check_identity
 from convmixer_suite.run.config import RunConfig
 from convmixer_suite.guide.run_folder import RunFolder
 from convmixer_suite.guide.transform import DATA_CONFIG
-import convmixer_stream_eval
+from convmixer_suite.commands import stream_eval as stream_eval_command
 
 
 def test_build_resolves_the_runtime_once_and_hashes_the_model(small_onnx, tmp_path, monkeypatch):
@@ -61,7 +61,7 @@ def test_a_model_of_another_batch_size_is_refused_in_one_line(tmp_path, small_mo
 
 def test_the_stream_eval_options_build_the_same_config_again(small_onnx, calib_dir):
     config = RunConfig.build(small_onnx, precision="int8", threads=1, calib=calib_dir, num_calib=7, batch_size=3)
-    args = convmixer_stream_eval.parse_args(config.stream_eval_args() + [
+    args = stream_eval_command.parse_args(config.stream_eval_args() + [
         "--image-path", "i", "--annotation-file-path", "a", "--result-json-path", "r", "--json-file-name", "j.json"])
     assert RunConfig.from_args(args, batch_size=args.batch_size) == config
 

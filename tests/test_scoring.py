@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-import convmixer_eval_acc
+from convmixer_suite.commands import eval_acc as eval_acc_command
 from conftest import run_script
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.guide.manifest import Manifest, write_manifest
@@ -88,7 +88,7 @@ def positional_run(tmp_path, n_images=11, batch_size=4, layout="msame_txt", sub=
 def evaluate(out, labels_file, tmp_path, *extra):
     """main() in process; returns (accuracy JSON, printed lines)."""
     json_dir = tmp_path / "result" / "nested"
-    convmixer_eval_acc.main([str(a) for a in ("--folder-davinci-target", out, "--annotation-file-path",
+    eval_acc_command.main([str(a) for a in ("--folder-davinci-target", out, "--annotation-file-path",
                                               labels_file, "--result-json-path", json_dir,
                                               "--json-file-name", "result_bs.json", *extra)])
     return json.loads((json_dir / "result_bs.json").read_text())

@@ -142,7 +142,7 @@ def test_a_reduced_precision_loads_its_model_once_and_never_forks_after(tmp_path
                                                                          calib_dir, monkeypatch):
     """The fidelity gate loads the int8 model: the local engine runs that one (not a second load) and spawns its
     decode workers, as a process that runs a runtime must; fp32 forks them before its model loads."""
-    import convmixer_stream_eval
+    from convmixer_suite.commands import stream_eval as stream_eval_command
     from convmixer_suite.run import stream
     from convmixer_suite.run.config import RunConfig
     events = []
@@ -152,9 +152,9 @@ def test_a_reduced_precision_loads_its_model_once_and_never_forks_after(tmp_path
     monkeypatch.setattr(stream, "get_context", lambda method: events.append(f"pool {method}") or context(method))
     args = ["--model", str(small_onnx), "--image-path", str(photo_folder), "--annotation-file-path", str(labelled),
             "--json-file-name", "r.json", "--backend", "onnxruntime", "--batch-size", "3", "--workers", "1"]
-    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "int8"), "--precision", "int8",
+    assert stream_eval_command.main(args + ["--result-json-path", str(tmp_path / "int8"), "--precision", "int8",
                                               "--calib", str(calib_dir)]) == 0
     assert events == ["load int8", "pool spawn"]
     events.clear()
-    assert convmixer_stream_eval.main(args + ["--result-json-path", str(tmp_path / "fp32")]) == 0
+    assert stream_eval_command.main(args + ["--result-json-path", str(tmp_path / "fp32")]) == 0
     assert events == ["pool fork", "load fp32"]

@@ -1,5 +1,5 @@
 """Per-image records of the streaming evaluation: resume after kill -9, refusal of another run's records,
---fresh, and test/compare_runs.py over two runs' records."""
+--fresh, and convmixer-compare-runs over two runs' records."""
 import json
 import os
 import shutil
@@ -110,19 +110,19 @@ def test_compare_runs_lists_the_images_whose_top1_changed(tmp_path, small_onnx, 
                 r["classes"][0], r["classes"][1] = r["classes"][1], r["classes"][0]
                 changed[r["image"]] = (r["classes"][1], r["classes"][0])
         part.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = run_script("test/compare_runs.py", result_a, records_b)
+    result = run_script("convmixer-compare-runs", result_a, records_b)
     assert result.returncode == 0, result.stderr
     listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("ILSVRC2012_val_")}
     assert set(listed) == set(changed)
     for image, (class_a, class_b) in changed.items():
         assert f"A {class_a} (" in listed[image] and f"B {class_b} (" in listed[image]
     assert "2 images changed their top-1; top-1 agreement: 71.43% (5 of 7 images)" in result.stdout
-    same = run_script("test/compare_runs.py", result_a, result_a)
+    same = run_script("convmixer-compare-runs", result_a, result_a)
     assert same.returncode == 0 and "top-1 agreement: 100.00%" in same.stdout
-    missing = run_script("test/compare_runs.py", tmp_path / "a", records_b)
+    missing = run_script("convmixer-compare-runs", tmp_path / "a", records_b)
     assert missing.returncode == 2 and "no per-image records" in missing.stderr
     corrupt = sorted(records_b.glob("part-*.jsonl"))[0]
     corrupt.write_text(corrupt.read_text()[:-20])  # a part cut short (as by a full disk)
-    broken = run_script("test/compare_runs.py", result_a, records_b)
+    broken = run_script("convmixer-compare-runs", result_a, records_b)
     assert broken.returncode == 2 and "Traceback" not in broken.stderr
     assert broken.stderr.strip().count("\n") == 0 and f"{corrupt}: unreadable record file" in broken.stderr

@@ -1,4 +1,4 @@
-"""The benchmark's configurations and profiles as data (test/benchmark.py reads them; nothing is judged here).
+"""The benchmark's configurations and profiles as data (convmixer-benchmark reads them; nothing is judged here).
 
 ``CONFIGS``: name -> (backend, precision). ``REFERENCE`` is the one every ratio and fidelity figure is
 relative to. ``PROFILES``: named sets of defaults, as MLPerf's vision reference names its profiles; a flag given

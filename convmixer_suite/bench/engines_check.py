@@ -1,41 +1,32 @@
 """The cost of the Ray engine: the local streaming evaluation against Ray Data with 1 and 2 replicas, measured
-side by side on the same images, model and cores (test/benchmark.py --engines-check).
+side by side on the same images, model and cores (convmixer-benchmark --engines-check).
 
-Each configuration runs the user's command, ``convmixer_stream_eval.py … --fresh`` in a process of its own,
-in alternation (local, ray x1, ray x2, local, …), so drift of a shared machine hits all alike. Per run: the
-process's wall time (everything a user waits for: imports, Ray's start, replicas loading the model) and, from
-the run's stream summary, the time until the first batch came back and the images/s after it (the steady
-state), the model's own time, and how each replica did. The accuracy JSON of every run must be the same.
+Each configuration runs the user's command, the streaming evaluation (``python3 -m
+convmixer_suite.commands.stream_eval … --fresh``), in a process of its own, in alternation (local, ray x1, ray x2,
+local, …), so drift of a shared machine hits all alike. Per run: the process's wall time (everything a user waits
+for: imports, Ray's start, replicas loading the model) and, from the run's stream summary, the time until the first
+batch came back and the images/s after it (the steady state), the model's own time, and how each replica did.
+The accuracy JSON of every run must be the same.
 """
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from convmixer_suite.util.errors import UserError
+from convmixer_suite.bench.stream_process import run_stream_eval
 from convmixer_suite.run.config import RunConfig
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"local": [], "ray x1": ["--engine", "ray", "--replicas", "1"],
            "ray x2": ["--engine", "ray", "--replicas", "2"]}
 
 
 def run_once(name, config: RunConfig, images, labels, out: Path) -> dict:
     json_name = f"result_bs{config.batch_size}.json"
-    cmd = [sys.executable, str(REPO / "convmixer_stream_eval.py"), *config.stream_eval_args(), "--image-path",
-           str(images), "--annotation-file-path", str(labels), "--result-json-path", str(out), "--json-file-name",
-           json_name, "--fresh", *CONFIGS[name]]
-    started = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    wall_s = time.perf_counter() - started
-    if result.returncode != 0:
-        raise UserError(f"engines check: {name} failed: {result.stderr.strip().splitlines()[-1:]}")
-    summary = json.loads((out / f"result_bs{config.batch_size}_stream_summary.json").read_text())
+    argv = [*config.stream_eval_args(), "--image-path", images, "--annotation-file-path", labels,
+            "--result-json-path", out, "--json-file-name", json_name, "--fresh", *CONFIGS[name]]
+    run = run_stream_eval(argv, out / json_name, f"engines check: {name}")
+    summary = run["summary"]
     stages = summary["stages"]
-    return {"wall_s": wall_s, "num_images": summary["num_images"], "json": (out / json_name).read_text(),
+    return {"wall_s": run["wall_s"], "num_images": summary["num_images"], "json": run["accuracy_json"],
             "first_batch_s": stages["first_batch_s"], "pipeline_s": stages["pipeline_s"],
             "inference_s": stages["inference_s"], "after_first_batch_images_per_s": stages["after_first_batch_images_per_s"],
             "replicas": stages["replicas"], "decode_transform_images_per_s_per_worker":

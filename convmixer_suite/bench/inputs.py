@@ -2,8 +2,6 @@
 generated pictures of ImageNet-like sizes, preprocessed calibration images, the loaded configurations and
 the labelled set of an accuracy run. Everything written once under the work folder, so a rerun reuses it."""
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from convmixer_suite.model.net import ARCHS, ArchSpec
@@ -13,7 +11,6 @@ from convmixer_suite.util.errors import UserError
 from convmixer_suite.guide.samples import generated_pictures, seeded_checkpoint  # noqa: F401
 from convmixer_suite.guide.transform import load_pictures  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[2]
 CUSTOM_ARCH_RE = re.compile(r"^convmixer_(\d+)_(\d+)_ks(\d+)_p(\d+)$")
 CALIB_SEED_OFFSET = 100_000  # calibration pictures never coincide with the fidelity pictures
 
@@ -44,15 +41,11 @@ def cached_onnx(checkpoint: Path, work: Path, log=print) -> tuple:
 
 
 def preprocess(image_dir: Path, out: Path, workers: int, batch_size: int = 1):
-    """Run convmixer_preprocess.py (the user's command, timed as it runs); returns the images/s it reports
-    (its own timing of the batch writing), or None when it had nothing left to write (a cached folder)."""
-    cmd = [sys.executable, str(REPO / "convmixer_preprocess.py"), "--image-path", str(image_dir),
-           "--prep-image", str(out), "--batch-size", str(batch_size), "--workers", str(workers)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise UserError(f"convmixer_preprocess.py failed on {image_dir}: {result.stderr.strip()[-300:]}")
-    match = re.search(r"in ([\d.]+) s: ([\d.]+) images/s", result.stdout)
-    return float(match.group(2)) if match else None
+    """Preprocess ``image_dir`` into ``out`` as convmixer_preprocess.py does (convmixer_suite.guide.preprocess),
+    its workers spawned (this process runs runtime threads, which a forked worker must not inherit); returns the
+    images/s of the batch writing, or None when nothing was left to write (a cached folder)."""
+    from convmixer_suite.guide.preprocess import preprocess as preprocess_folder
+    return preprocess_folder(image_dir, out, batch_size, workers, start_method="spawn").images_per_s
 
 
 def calibration(work: Path, num_calib: int, log=print) -> Path:

@@ -60,7 +60,7 @@ def results_dir(root, system: str, model: str, scenario: str, accuracy: bool = F
 
 def user_conf_text(model: str, scenario: str, settings: dict) -> str:
     """``settings`` ({LoadGen key: value}, None values left out) as user.conf lines for ``model``."""
-    lines = ["# written by test/benchmark.py; read over LoadGen's built-in mlperf.conf by TestSettings.FromConfig"]
+    lines = ["# written by convmixer-benchmark; read over LoadGen's built-in mlperf.conf by TestSettings.FromConfig"]
     lines += [f"{model}.{scenario}.{key} = {value!r}" for key, value in settings.items() if value is not None]
     return "\n".join(lines) + "\n"
 

@@ -62,7 +62,7 @@ def results_root(out, submitter: str) -> Path:
 
 
 def installed_version(distribution: str) -> "str | None":
-    import importlib.metadata  # Python 3.8 and later; imported here so test/benchmark.py starts on 3.7 to say so
+    import importlib.metadata  # Python 3.8 and later; imported here so convmixer-benchmark starts on 3.7 to say so
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -125,7 +125,7 @@ def system_description(submitter: str, hardware: str, config: str, machine: dict
         "framework": framework(config), "operating_system": host_info.operating_system(),
         "other_software_stack": other_software(config),
         "hw_notes": f"{machine.get('cpu', '')}",
-        "sw_notes": f"test/benchmark.py of the ConvMixer suite, configuration {config}",
+        "sw_notes": f"convmixer-benchmark of the ConvMixer suite, configuration {config}",
     }
 
 
@@ -194,7 +194,7 @@ def project_commit() -> str:
 
 def write_src(root: Path, argv) -> None:
     """src/: the command that made this submission, the commit it ran from, the pinned requirements."""
-    command = shlex.join(["python3", "test/benchmark.py", *map(str, argv)])
+    command = shlex.join(["convmixer-benchmark", *map(str, argv)])
     versions = {d: installed_version(d) for d in DISTRIBUTIONS}
     pins = [f"{d}=={v}" for d, v in versions.items() if v]
     if any("+cpu" in pin for pin in pins):  # PyTorch's CPU builds come from its own index
@@ -202,9 +202,10 @@ def write_src(root: Path, argv) -> None:
     write_file(root / "src" / "requirements.txt", "\n".join(pins) + "\n")
     write_file(root / "src" / "README.md", "\n".join([
         "# How these results were made", "",
-        "With the ConvMixer suite (its `test/benchmark.py`; MLPerf LoadGen runs every configuration), at commit "
+        "With the ConvMixer suite (its `convmixer-benchmark`; MLPerf LoadGen runs every configuration), at commit "
         f"`{project_commit()}`:", "",
-        "    pip install -r src/requirements.txt   # the versions this run used", f"    {command}", ""]))
+        "    pip install -r src/requirements.txt   # the versions this run used",
+        "    pip install --no-deps .                # the suite at that commit, from its checkout", f"    {command}", ""]))
 
 
 def write_submission(out, submitter: str, hardware: str, model: str, machine: dict, run_configs: dict,

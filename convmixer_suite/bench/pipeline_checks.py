@@ -1,5 +1,6 @@
 """The benchmark's two pipeline checks: N images streamed through convmixer_suite.run.stream against N times the
-runtime's own batch latency, and convmixer_preprocess.py at 2 workers against 1 (figures only, never judged)."""
+runtime's own batch latency, and the preprocessing of convmixer_preprocess.py (convmixer_suite.guide.preprocess) at 2
+workers against 1 (figures only, never judged)."""
 import os
 import tempfile
 from pathlib import Path
@@ -33,14 +34,14 @@ def streaming_check(name, run, image_dir, count, batch_latency_ms) -> dict:
 
 
 def preprocessing_check(image_dir: Path, work: Path, rounds: int = 2) -> dict:
-    """convmixer_preprocess.py at 1 and 2 workers, alternating, each into a fresh folder."""
+    """The preprocessing at 1 and 2 workers, alternating, each into a fresh folder."""
     rates = {1: [], 2: []}
     for _ in range(rounds):
         for workers in (1, 2):
             with tempfile.TemporaryDirectory(dir=work) as tmp:
                 rate = preprocess(image_dir, Path(tmp) / "prep", workers)
                 if rate is None:
-                    raise UserError(f"convmixer_preprocess.py reported no images/s for {image_dir}")
+                    raise UserError(f"{image_dir}: no images to preprocess")
                 rates[workers].append(rate)
     one, two = float(np.mean(rates[1])), float(np.mean(rates[2]))
     return {"num_images": len(list(image_dir.glob("*.JPEG"))), "images_per_s_1_worker": one,

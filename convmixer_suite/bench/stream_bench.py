@@ -1,21 +1,18 @@
 """Side-by-side speed of the streaming engines where the pipeline, not the model, sets the pace.
 
-    python3 test/stream_bench.py --work /tmp/stream_bench --num-images 5000 --engines local ray
+    convmixer-stream-bench --work /tmp/stream_bench --num-images 5000 --engines local ray
 
 The inputs are made here, reproducibly: ``pooled_colour_onnx`` writes a classifier that averages each colour
 channel and maps the three means to 1000 logits (microseconds per batch, so decoding and the engine's own costs
 are all that is measured), and ``repeated_photos`` writes a few distinct generated photos (demo_data's pictures,
 ImageNet-sized) and links them under as many file names as asked, with labels by demo_data's rule. Each engine
-runs convmixer_stream_eval.py in a process of its own, through ``driver`` here, which adds the driver's peak
-resident memory (``VmHWM``) to the figures; the accuracy JSONs of all engines must be the same.
+runs the streaming evaluation (``python3 -m convmixer_suite.commands.stream_eval``) in a process of its own; its
+figures, the driver's peak resident memory (``VmHWM``) among them, are read from the stream summary it writes.
+The accuracy JSONs of all engines must be the same.
 """
 import contextlib
-import json
 import os
-import runpy
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +20,8 @@ import numpy as np
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.files import atomic_path, write_text_atomic
 from convmixer_suite.run.ray_engine import SINGLE_MACHINE_ENV
+from convmixer_suite.bench.stream_process import run_stream_eval
 
-REPO = Path(__file__).resolve().parents[2]
 PHOTO_SIZE = (500, 375)  # the most common ImageNet validation size
 # Ray on one machine: 127.0.0.1 only (not the machine's network address), no token file shared with any other Ray
 # here, and workers at the local engine's priority (Ray's default is nice 15; ray_engine does the same for a Ray
@@ -57,8 +54,8 @@ def pooled_colour_onnx(path, seed: int = 0) -> Path:
 def repeated_photos(folder, num_images: int, distinct: int = 50) -> tuple:
     """``folder/val`` with ``num_images`` JPEGs (hard links to ``distinct`` generated photos) and
     ``folder/val_label.txt``; returns (images folder, labels file). Kept when already complete."""
-    # Imported here: demo_data imports torch (190 MB), which the driver process this module also runs must not
-    # count in its peak RSS (convmixer_stream_eval.py itself runs an ONNX model without torch).
+    # Imported here: demo_data imports torch (190 MB), which the other uses of this module (the loopback cluster,
+    # the table) do not need.
     from convmixer_suite.guide.samples import label_of, sample_picture
     folder = Path(folder)
     val, labels = folder / "val", folder / "val_label.txt"
@@ -83,46 +80,21 @@ def repeated_photos(folder, num_images: int, distinct: int = 50) -> tuple:
     return val, labels
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    raise UserError("/proc/self/status has no VmHWM line (peak memory is measured on Linux only)")
-
-
-def driver(rss_json, argv) -> int:
-    """Run convmixer_stream_eval.py with ``argv`` in this process, then write its peak RSS to ``rss_json``."""
-    sys.argv = [str(REPO / "convmixer_stream_eval.py"), *argv]
-    code = 0
-    try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code or 0
-    write_text_atomic(rss_json, json.dumps({"driver_peak_rss_mb": peak_rss_mb()}))
-    return code
-
-
 def run_engine(engine, model, images, labels, out, batch_size, extra=()) -> dict:
-    """One engine's run (a fresh one) in a process of its own: its stream summary's figures, wall time, RSS."""
-    out = Path(out)
-    rss_json = out / f"{engine}_rss.json"
+    """One engine's run (a fresh one) in a process of its own: its stream summary's figures and its wall time."""
     argv = ["--model", model, "--image-path", images, "--annotation-file-path", labels, "--result-json-path", out,
             "--json-file-name", f"{engine}.json", "--batch-size", batch_size, "--engine", engine, "--fresh", *extra]
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "convmixer_suite.bench.stream_bench", "driver", str(rss_json),
-                             *map(str, argv)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wall_s = time.perf_counter() - started
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise UserError(f"--engine {engine}: convmixer_stream_eval.py failed ({tail})")
-    stages = json.loads((out / f"{engine}_stream_summary.json").read_text())["stages"]
-    return {"engine": engine, "wall_s": wall_s, **json.loads(rss_json.read_text()),
+    run = run_stream_eval(argv, Path(out) / f"{engine}.json", f"--engine {engine}")
+    summary = run["summary"]
+    if summary["driver_peak_rss_mb"] is None:
+        raise UserError("this system has no /proc/self/status VmHWM line (peak memory is measured on Linux only)")
+    stages = summary["stages"]
+    return {"engine": engine, "wall_s": run["wall_s"], "driver_peak_rss_mb": summary["driver_peak_rss_mb"],
             **{key: stages[key] for key in ("end_to_end_images_per_s", "first_batch_s",
                                             "after_first_batch_images_per_s")},
             "replicas": {name: {key: r[key] for key in ("images", "end_to_end_images_per_s")}
                          for name, r in stages["replicas"].items()},
-            "accuracy_json": (out / f"{engine}.json").read_text()}
+            "accuracy_json": run["accuracy_json"]}
 
 
 def side_by_side(work, num_images: int, engines, batch_size: int = 32, ray_args=()) -> list:
@@ -192,6 +164,3 @@ def table(rows) -> str:
                               f"{share['end_to_end_images_per_s']:.1f} images/s"
                               for r in rows for name, share in sorted(r["replicas"].items())])
 
-
-if __name__ == "__main__" and sys.argv[1:2] == ["driver"]:
-    sys.exit(driver(sys.argv[2], sys.argv[3:]))

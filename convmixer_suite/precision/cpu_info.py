@@ -93,6 +93,16 @@ def this_int8_class() -> str:
 RUN_LIBRARIES = ("numpy", "onnxruntime", "openvino", "torch", "nncf", "PIL", "ray")
 
 
+def peak_rss_mb():
+    """This process's peak resident memory (Linux's VmHWM) in MB, or None where /proc/self/status has no such
+    line."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024.0 for line in lines if line.startswith("VmHWM:")), None)
+
+
 def host_record(device=None) -> dict:
     """Where and when a run ran, for its summary: the CPU in one line, the GPU's name where the run used CUDA
     through PyTorch, OS, Python, the versions of the libraries the run loaded, the time it finished."""

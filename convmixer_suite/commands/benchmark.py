@@ -1,9 +1,10 @@
 """Side-by-side speed and fidelity of every runtime and precision on ConvMixer, in one run.
 
-    python3 test/benchmark.py                      # ConvMixer-1536/20, seeded random weights, all configurations
-    python3 test/benchmark.py --checkpoint ./convmixer_1536_20_ks9_p7.pth.tar --images ./photos
-    python3 test/benchmark.py --quick              # a small ConvMixer, 2 timed batches: checks that it all runs
-    python3 test/benchmark.py --quick --scenarios SingleStream,Offline   # and under MLPerf LoadGen
+    convmixer-benchmark                    # ConvMixer-1536/20, seeded random weights, all configurations
+    convmixer-benchmark --checkpoint ./convmixer_1536_20_ks9_p7.pth.tar --images ./photos
+    convmixer-benchmark --quick            # a small ConvMixer, 2 timed batches: checks that it all runs
+    convmixer-benchmark --quick --scenarios SingleStream,Offline   # and under MLPerf LoadGen
+    python3 -m convmixer_suite.commands.benchmark --quick          # the same, without the install
 
 The configurations and the two profiles (default, --quick) are data: convmixer_suite/bench/configs.py.
 For each batch size every configuration is timed in alternation (convmixer_suite.bench.timing) beside its ceiling,
@@ -181,5 +182,10 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The installed command's entry point."""
     run_main(main, modern_stack=True)
+
+
+if __name__ == "__main__":
+    run()

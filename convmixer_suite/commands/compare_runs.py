@@ -1,6 +1,6 @@
 """Which images changed their top-1 between two streaming evaluations (say fp32 and int8), and the agreement.
 
-    python3 test/compare_runs.py RESULT_A RESULT_B
+    convmixer-compare-runs RESULT_A RESULT_B
 
 RESULT_A/B: an accuracy JSON written by convmixer_stream_eval.py (result/result_bs1.json) or its per-image
 record folder (result/result_bs1_records). Prints one line per changed image (its label, run A's and run B's
@@ -35,5 +35,10 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The installed command's entry point."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -3,7 +3,7 @@
     convmixer-report result/result_bs1.json                                 # -> result/report_bs1.html
     convmixer-report result_int8/result_bs1.json --compare result/result_bs1.json --out int8_vs_fp32.html
     convmixer-report docs/results/<run>/benchmark.json                      # -> report.html beside it
-    python3 -m convmixer_suite.bench.report_command …                       # the same, without the install
+    python3 -m convmixer_suite.commands.report …                            # the same, without the install
 
 RESULT_JSON is the accuracy JSON a run wrote; the report finds what the run left beside it (the runner's outputs,
 summary and manifest, or the streaming summary and records; msame's log; the fidelity figures). --labels,
@@ -32,7 +32,7 @@ def parse_args(argv):
 
 
 def benchmark_json(path: Path):
-    """The content of a benchmark.json (test/benchmark.py's), or None for any other file."""
+    """The content of a benchmark.json (convmixer-benchmark's), or None for any other file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -40,7 +40,7 @@ def benchmark_json(path: Path):
     return data if isinstance(data, dict) and {"results", "machine", "fidelity"} <= set(data) else None
 
 
-def make_report(argv=None) -> int:
+def main(argv=None) -> int:
     from convmixer_suite.bench import html_report
     args = parse_args(argv)
     source = Path(args.result_json)
@@ -58,10 +58,10 @@ def make_report(argv=None) -> int:
     return 0
 
 
-def main(argv=None):
-    """The console script's entry: one line and exit status 2 for a user's mistake."""
-    run_main(make_report, argv)
+def run():
+    """The installed command's entry point."""
+    run_main(main)
 
 
 if __name__ == "__main__":
-    main()
+    run()

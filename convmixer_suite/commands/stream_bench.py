@@ -1,11 +1,10 @@
 """Speed of the streaming engines side by side on made-up inputs where the pipeline sets the pace (a pooled-colour
 classifier, generated photos repeated): end-to-end images/s, time to the first batch, driver peak RSS.
 
-    python3 test/stream_bench.py --work /tmp/stream_bench --num-images 5000 --engines local ray
-    python3 test/stream_bench.py --work /tmp/stream_bench --num-images 5000 --engines ray --cluster-nodes 2
+    convmixer-stream-bench --work /tmp/stream_bench --num-images 5000 --engines local ray
+    convmixer-stream-bench --work /tmp/stream_bench --num-images 5000 --engines ray --cluster-nodes 2
 
-The logic is convmixer_suite/bench/stream_bench.py (importable: pip install -e ., or PYTHONPATH=.); docs/ray.md has the
-figures measured with it.
+The logic is convmixer_suite/bench/stream_bench.py; docs/ray.md has the figures measured with it.
 """
 import argparse
 import contextlib
@@ -42,5 +41,10 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
+def run():
+    """The installed command's entry point."""
     run_main(main, modern_stack=True)
+
+
+if __name__ == "__main__":
+    run()
