@@ -135,7 +135,7 @@ def test_bad_input_end_to_end_has_no_traceback(tmp_path):
 
 def test_bad_batch_size_and_arch_are_refused(small_checkpoint, tmp_path, capsys):
     assert run_cli("--source", small_checkpoint, "--target", tmp_path / "o.onnx", "--batch-size", 0) == 2
-    assert "--batch-size must be a positive integer" in capsys.readouterr().err
+    assert "--batch-size: must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own choices check
         pth2onnx_command.parse_args(["--source", "a", "--target", "b", "--arch", "resnet50"])
     assert exit_info.value.code == 2

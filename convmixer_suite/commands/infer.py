@@ -17,12 +17,10 @@ gate of fp16/bf16/int8), --compile [MODE] (torch.compile), --resume latest|FOLDE
 """
 import argparse
 
-from convmixer_suite.runtimes.base import PRECISIONS
 from convmixer_suite.runtimes.registry import BACKEND_NAMES
 from convmixer_suite.util.cli import run_main
-from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.run.inference import InferenceOptions, run_inference
-from convmixer_suite.run.config import RunConfig, add_compile_option, add_num_calib_option
+from convmixer_suite.run.config import RunConfig, add_compile_option, add_precision_options
 
 
 def parse_args(argv):
@@ -40,14 +38,7 @@ def parse_args(argv):
                    help="auto: msame for an .om when msame is on PATH; openvino for bf16/int8 when "
                         "installed; else onnxruntime")
     p.add_argument("--threads", default=None, type=int, help="intra-op threads (default: the runtime's own)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--calib", default=None, help="folder of calibration images for --precision int8")
-    add_num_calib_option(p)
-    p.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
-                   metavar="FRACTION",
-                   help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
-                        "rows of --calib, else the input's first images) before anything is written "
-                        "(default %(default)s)")
+    add_precision_options(p, "the input's first images, before anything is written")
     add_compile_option(p)
     p.add_argument("--resume", default=None, metavar="latest|FOLDER",
                    help="continue an interrupted run in its timestamp folder (latest: the newest one under "

@@ -22,13 +22,13 @@ from convmixer_suite.util.cli import positive_int, run_main
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-path", required=True, help="folder of images (flat, or class subfolders)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out images that cannot be decoded (recorded in .manifest.json) "
+                             "instead of stopping")
     parser.add_argument("--prep-image", required=True, help="output folder for input_NNNNN.bin files")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images per .bin file (default 1)")
     parser.add_argument("--workers", type=positive_int, default=os.cpu_count(),
                         help="worker processes (default: all cores, %(default)s here)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="leave out images that cannot be decoded (recorded in .manifest.json) "
-                             "instead of stopping")
     return parser.parse_args(argv)
 
 

@@ -17,8 +17,7 @@ from convmixer_suite.model import checkpoint
 from convmixer_suite.model import download
 from convmixer_suite.model import export
 from convmixer_suite.model.net import ARCHS, DEFAULT_ARCH
-from convmixer_suite.util.errors import UserError
-from convmixer_suite.util.cli import run_main
+from convmixer_suite.util.cli import positive_int, run_main
 
 
 def parse_args(argv=None):
@@ -30,7 +29,7 @@ def parse_args(argv=None):
                              f"else {DEFAULT_ARCH})")
     parser.add_argument("--opset", type=int, default=export.DEFAULT_OPSET,
                         help=f"ONNX opset (default {export.DEFAULT_OPSET}, as the ModelZoo export)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="fix the batch size in the model (default: a dynamic batch axis)")
     parser.add_argument("--no-download", action="store_true",
                         help="when --source is missing and named like a released checkpoint, fail instead of "
@@ -43,8 +42,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
     start = time.perf_counter()
     source = download.ensure_checkpoint(args.source, download=not args.no_download)
     model, spec = checkpoint.load_model(source, args.arch, args.allow_pickle)

@@ -24,14 +24,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from convmixer_suite.guide import msame_log
-from convmixer_suite.runtimes.base import PRECISIONS
 from convmixer_suite.runtimes.registry import BACKEND_NAMES
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int, run_main
 from convmixer_suite.precision.cpu_info import host_record, peak_rss_mb
-from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
 from convmixer_suite.run.records import DEFAULT_FLUSH_S, RecordStore, accuracy_from_records, batch_latencies_ms
-from convmixer_suite.run.config import RunConfig, add_compile_option, add_num_calib_option
+from convmixer_suite.run.config import RunConfig, add_compile_option, add_precision_options
 from convmixer_suite.guide.scoring import format_accuracy_line, labelled_rows, read_labels, write_accuracy_json
 from convmixer_suite.run.stream import (EvalJob, StreamTimes, default_workers, evaluate_local, gate_job, refuse_other_runs_records, relative_names, resumable_job)
 from convmixer_suite.guide.transform import list_images
@@ -50,13 +48,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help=".onnx (onnxruntime, openvino) or a checkpoint (torch)")
     p.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_NAMES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    p.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
-    add_num_calib_option(p)
-    p.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
-                   metavar="FRACTION",
-                   help="bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the last "
-                        "rows of --calib, else the first pictures) before any batch runs (default %(default)s)")
+    add_precision_options(p, "the first pictures, before any batch runs")
     p.add_argument("--threads", default=None, type=positive_int, help="intra-op threads (default: the runtime's)")
     add_compile_option(p)
     p.add_argument("--device", default=None, help="cpu (default), cuda:N, ... as convmixer_infer.py takes it")

@@ -15,7 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convmixer_suite.runtimes.base import COMPILE_MODES
+from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, logit_error_limit
+from convmixer_suite.runtimes.base import COMPILE_MODES, PRECISIONS
 from convmixer_suite.runtimes.registry import create_backend, resolve_backend
 from convmixer_suite.util.errors import UserError
 from convmixer_suite.util.cli import positive_int
@@ -114,11 +115,18 @@ class RunConfig:
         return {**self.identity(), **self.int8_calibration(), "model_path": str(Path(self.model).resolve())}
 
 
-def add_num_calib_option(parser) -> None:
-    """The scripts' ``--num-calib N`` beside ``--calib``."""
+def add_precision_options(parser, checked_on: str) -> None:
+    """The commands' ``--precision``, ``--calib DIR``, ``--num-calib N`` and ``--max-logit-error`` (the fidelity
+    gate, run on ``checked_on`` before anything else), which ``RunConfig.from_args`` reads."""
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--calib", default=None, help="folder of preprocessed calibration images for --precision int8")
     parser.add_argument("--num-calib", type=positive_int, default=DEFAULT_NUM_CALIB, metavar="N",
                         help="int8: calibrate on at most the first N images of --calib (default %(default)s); "
                              "its last images, up to 8, are always kept out for the fidelity check")
+    parser.add_argument("--max-logit-error", type=logit_error_limit, default=DEFAULT_MAX_LOGIT_ERROR,
+                        metavar="FRACTION",
+                        help="fp16/bf16/int8: the most max |diff| / max |logit| against fp32 on held-out images (the "
+                             f"last rows of --calib, else {checked_on}) (default %(default)s)")
 
 
 def add_compile_option(parser) -> None:
