@@ -1,4 +1,4 @@
-"""The benchmark's modules on their own: loadgen_harness (LoadGen's summary read as printed, the Server
+"""The benchmark's modules on their own: bench.loadgen (LoadGen's summary read as printed, the Server
 bisection's logic, user.conf read through FromConfig, the accuracy QSL's lazy loading; mlperf_layout: the
 accuracy log read back and cut, accuracy.txt, val_map.txt, the submission folders; mlperf_submission: what the
 checker will reject), cpu_info (/proc/cpuinfo parsed), ceiling (the pointwise model,

@@ -112,3 +112,29 @@ def test_a_script_takes_debug_anywhere_without_its_parser_knowing_it(tmp_path):
     assert debug.returncode == 2 and debug.stderr.startswith("Traceback (most recent call last)")
     assert debug.stderr.strip().splitlines()[-1] == (
         f"convmixer_suite.util.errors.UserError: {tmp_path / 'missing.onnx'}: model file not found")
+
+
+def test_debug_reaches_what_the_library_records_instead_of_raising(capsys, monkeypatch):
+    """A benchmark configuration that fails is recorded, not raised: under --debug its traceback is logged too,
+    and the flag's setting ends with the command."""
+    import os
+
+    from convmixer_suite.bench.loading import load_each
+    monkeypatch.delenv("CONVMIXER_DEBUG", raising=False)
+    lines = []
+
+    def broken(name):
+        raise RuntimeError(f"{name}: the runtime could not start")
+
+    def benchmark(argv):
+        assert argv == ["--quick"]
+        loaded, skipped, failed = load_each(["a"], broken, lines.append)
+        return 1 if failed else 0
+
+    assert ends(benchmark, ["--quick"], capsys)[0] == 1
+    assert lines == ["==> loading a", "    FAILED: RuntimeError: a: the runtime could not start"]
+    lines.clear()
+    assert ends(benchmark, ["--debug", "--quick"], capsys)[0] == 1
+    assert lines[1] == "    FAILED: RuntimeError: a: the runtime could not start"
+    assert lines[2].startswith("Traceback (most recent call last)") and "in broken" in lines[2]
+    assert "CONVMIXER_DEBUG" not in os.environ

@@ -179,12 +179,12 @@ def test_stream_mode_runs_the_streaming_evaluation(work, flow):
 
 # ---- the quick start: test/demo.sh and its stand-in data ------------------------------------------------
 
-def test_demo_data_writes_a_real_layout_checkpoint_and_a_labelled_sample(tmp_path):
+def test_samples_write_a_real_layout_checkpoint_and_a_labelled_sample(tmp_path):
     from convmixer_suite.model import checkpoint
-    from convmixer_suite.guide import samples as demo_data
-    path = demo_data.write_random_checkpoint(tmp_path / "RANDOM_WEIGHTS_x.pth.tar", arch="convmixer_768_32")
+    from convmixer_suite.guide import samples
+    path = samples.write_random_checkpoint(tmp_path / "RANDOM_WEIGHTS_x.pth.tar", arch="convmixer_768_32")
     assert checkpoint.spec_from_state_dict(checkpoint.load_state_dict(path)).name == "convmixer_768_32"
-    demo_data.write_sample_dataset(tmp_path / "imagenet", num_images=3)
+    samples.write_sample_dataset(tmp_path / "imagenet", num_images=3)
     assert sorted(p.name for p in (tmp_path / "imagenet" / "val").iterdir()) == \
         [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (1, 2, 3)]
     assert (tmp_path / "imagenet" / "val_label.txt").read_text().splitlines() == \

@@ -1,4 +1,4 @@
-"""One benchmark run, step by step (test/benchmark.py is its command line): load every configuration (skipped
+"""One benchmark run, step by step (convmixer-benchmark is its command line): load every configuration (skipped
 where this machine lacks what it needs, failed with its line on any other error), measure
 fidelity against the reference, time all of them and their ceilings in alternation at each batch size, then
 the optional layer profile, the LoadGen runs and the two pipeline checks; returns the report as data.

@@ -59,7 +59,7 @@ def calibration(work: Path, num_calib: int, log=print) -> Path:
 
 
 def run_config(name, onnx_path: Path, checkpoint: Path, threads, calib_dir, num_calib):
-    """The RunConfig of the benchmark configuration ``name`` (benchmark_configs.CONFIGS); its batch size is
+    """The RunConfig of the benchmark configuration ``name`` (bench.configs.CONFIGS); its batch size is
     left open: each timing sets its own."""
     from convmixer_suite.run.config import RunConfig
     backend_name, precision = CONFIGS[name]

@@ -1,7 +1,9 @@
 """Loading the benchmark's configurations one by one: each is loaded, skipped (this machine lacks what it needs:
 an optional library, a device, a CPU feature), or failed (anything else, a runtime's own error included), with
 its one line."""
-from convmixer_suite.util.cli import failure_line
+import traceback
+
+from convmixer_suite.util.cli import debug_requested, failure_line
 from convmixer_suite.util.errors import UserError
 
 
@@ -25,4 +27,6 @@ def load_each(names, load, log=print, announce=lambda name: f"==> loading {name}
             else:
                 failed[name] = str(exc) if isinstance(exc, UserError) else failure_line(exc)
                 log(f"    FAILED: {failed[name]}")
+                if debug_requested():
+                    log(traceback.format_exc().rstrip())
     return loaded, skipped, failed

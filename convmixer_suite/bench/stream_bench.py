@@ -4,8 +4,8 @@
 
 The inputs are made here, reproducibly: ``pooled_colour_onnx`` writes a classifier that averages each colour
 channel and maps the three means to 1000 logits (microseconds per batch, so decoding and the engine's own costs
-are all that is measured), and ``repeated_photos`` writes a few distinct generated photos (demo_data's pictures,
-ImageNet-sized) and links them under as many file names as asked, with labels by demo_data's rule. Each engine
+are all that is measured), and ``repeated_photos`` writes a few distinct generated photos (guide.samples' pictures,
+ImageNet-sized) and links them under as many file names as asked, with labels by guide.samples' rule. Each engine
 runs the streaming evaluation (``python3 -m convmixer_suite.commands.stream_eval``) in a process of its own; its
 figures, the driver's peak resident memory (``VmHWM``) among them, are read from the stream summary it writes.
 The accuracy JSONs of all engines must be the same.
@@ -54,7 +54,7 @@ def pooled_colour_onnx(path, seed: int = 0) -> Path:
 def repeated_photos(folder, num_images: int, distinct: int = 50) -> tuple:
     """``folder/val`` with ``num_images`` JPEGs (hard links to ``distinct`` generated photos) and
     ``folder/val_label.txt``; returns (images folder, labels file). Kept when already complete."""
-    # Imported here: demo_data imports torch (190 MB), which the other uses of this module (the loopback cluster,
+    # Imported here: guide.samples imports torch, which the other uses of this module (the loopback cluster,
     # the table) do not need.
     from convmixer_suite.guide.samples import label_of, sample_picture
     folder = Path(folder)

@@ -179,7 +179,10 @@ def main(argv=None):
     if plot is None:
         print("notice: matplotlib is not installed (pip install -r requirements-bench.txt); no plot written")
     print(f"wrote {', '.join(map(str, paths + [plot] * bool(plot)))} in {time.perf_counter() - started:.0f} s")
-    return 0
+    failed = sorted(report["failed"]) + [f"ceiling of {c}" for c in sorted(report["ceiling"]["failed"])]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (their lines are in the report; --debug shows a traceback)")
+    return 1 if failed else 0
 
 
 def run():

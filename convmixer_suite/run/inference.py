@@ -1,7 +1,7 @@
 """msame-compatible offline inference: batch files in, msame's output files, log and our summary out.
 
 ``run_inference`` is what convmixer_infer.py runs. It takes a folder of ``.bin`` batches (or a comma list),
-runs them on a backend (a runtime in this process, or the real msame/ais_bench through tool_runner), writes
+runs them on a backend (a runtime in this process, or the real msame/ais_bench through runtimes.ascend), writes
 the outputs as msame writes them (run_folder) and returns the latencies and the summary. The caller prints
 msame's closing averages from them, last, as msame does.
 """

@@ -106,7 +106,7 @@ def runtime_env(address) -> dict:
     Nothing for a Ray started here: its workers are this machine's processes, started with this process's
     environment and sys.path, so they import these very files. And only workers without a runtime_env of their
     own can be the ones Ray starts ahead with ``ray.init``: with one, each decode task and replica waited for a
-    process of its own to start (4 s against 0.8 s for two tasks on this 2-core machine, docs/ray.md)."""
+    process of its own to start, several times slower (docs/ray.md)."""
     if address is None:
         return {}
     env_vars = {name: os.environ[name] for name in (FAULT_ENV, HANG_ENV) if os.environ.get(name)}

@@ -1,4 +1,4 @@
-"""ConvMixer's depthwise half-block as an OpenVINO operation of our own, in a channels-last int8 model (issue 13).
+"""ConvMixer's depthwise half-block as an OpenVINO operation of our own, in a channels-last int8 model.
 
 ``native/depthwise_block.cpp`` computes ``x + scale * gelu(depthwise_conv(x) + bias) + shift`` in one pass on
 [N, H, W, C] tensors (fp32 FMA, AVX-512 or AVX2). This module builds it with the machine's C++ compiler against
@@ -28,8 +28,8 @@ from convmixer_suite.util.errors import NotAvailable, UserError
 SOURCE = Path(__file__).parent / "native" / "depthwise_block.cpp"
 OP_TYPE, OP_VERSION = "ConvMixerDepthwiseBlock", "convmixer"
 COMPUTES = ("block", "copy")
-# The classifier stays fp32 in int8 (a 1 x C x 1000 product): NNCF's int8 classifier of a seeded 32-channel
-# ConvMixer was 0.80 of the largest logit off fp32, every other product within 0.001 (tests/test_depthwise_op.py).
+# The classifier stays fp32 in int8: NNCF's int8 classifier was far outside the fidelity gate where every other
+# product was well within it (docs/depthwise-op.md; tests/test_depthwise_op.py).
 CLASSIFIER = "classifier"
 CXX_HINT = "install a C++ compiler (Debian: apt-get install g++) or name one in CXX"
 CXX_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-DOV_THREAD=OV_THREAD_TBB")

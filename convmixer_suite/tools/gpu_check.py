@@ -1,4 +1,4 @@
-"""The whole GPU check in one bounded run (test/gpu_check.sh): speed and fidelity of fp32, fp16 and bf16 on CUDA.
+"""The whole GPU check in one bounded run (convmixer-gpu-check): speed and fidelity of fp32, fp16 and bf16 on CUDA.
 
     python3 -m convmixer_suite.tools.gpu_check --out ./gpu_check_results            # on a machine with an NVIDIA GPU
 
