@@ -15,14 +15,14 @@ import numpy as np
 from convmixer_suite.bench.stream_process import run_stream_eval
 from convmixer_suite.run.config import RunConfig
 
-CONFIGS = {"local": [], "ray x1": ["--engine", "ray", "--replicas", "1"],
-           "ray x2": ["--engine", "ray", "--replicas", "2"]}
+ENGINE_ARGS = {"local": [], "ray x1": ["--engine", "ray", "--replicas", "1"],
+               "ray x2": ["--engine", "ray", "--replicas", "2"]}
 
 
 def run_once(name, config: RunConfig, images, labels, out: Path) -> dict:
     json_name = f"result_bs{config.batch_size}.json"
     argv = [*config.stream_eval_args(), "--image-path", images, "--annotation-file-path", labels,
-            "--result-json-path", out, "--json-file-name", json_name, "--fresh", *CONFIGS[name]]
+            "--result-json-path", out, "--json-file-name", json_name, "--fresh", *ENGINE_ARGS[name]]
     run = run_stream_eval(argv, out / json_name, f"engines check: {name}")
     summary = run["summary"]
     stages = summary["stages"]
@@ -35,9 +35,9 @@ def run_once(name, config: RunConfig, images, labels, out: Path) -> dict:
 
 def compare_engines(config: RunConfig, images, labels, work: Path, rounds=2, log=print) -> dict:
     """Run every configuration ``rounds`` times, alternating; returns the figures per configuration."""
-    runs = {name: [] for name in CONFIGS}
+    runs = {name: [] for name in ENGINE_ARGS}
     for round_index in range(rounds):
-        for name in CONFIGS:
+        for name in ENGINE_ARGS:
             log(f"==> engines check, round {round_index + 1}/{rounds}: {name}")
             runs[name].append(run_once(name, config, images, labels, work / name.replace(" ", "_")))
     jsons = {run["json"] for name in runs for run in runs[name]}

@@ -53,13 +53,13 @@ from convmixer_suite.precision.fidelity import DEFAULT_MAX_LOGIT_ERROR, compare_
 PRECISIONS = ("fp32", "fp16", "bf16")
 COMPILE_MODE = "reduce-overhead"
 # Eager first; compiled with the reduced precisions first, as they matter most when time runs short.
-CONFIGS = {**{f"torch-cuda-{p}": (p, None) for p in PRECISIONS},
-           **{f"torch-cuda-{p}-compiled": (p, COMPILE_MODE) for p in reversed(PRECISIONS)}}
+TORCH_CUDA_CONFIGS = {**{f"torch-cuda-{p}": (p, None) for p in PRECISIONS},
+                      **{f"torch-cuda-{p}-compiled": (p, COMPILE_MODE) for p in reversed(PRECISIONS)}}
 # ONNX Runtime's GPU routes: configuration -> (device kind, provider), fp16 each
 ORT_CONFIGS = {"onnxruntime-cuda-fp16": ("cuda", "CUDAExecutionProvider"),
                "onnxruntime-tensorrt-fp16": ("tensorrt", "TensorrtExecutionProvider")}
 # Shares of the time limit: a compiled configuration compiles once per batch size, TensorRT builds an engine.
-WEIGHTS = {"reference": 1.0, "stream": 1.5, **{name: 2.0 if mode else 1.0 for name, (_, mode) in CONFIGS.items()},
+WEIGHTS = {"reference": 1.0, "stream": 1.5, **{name: 2.0 if mode else 1.0 for name, (_, mode) in TORCH_CUDA_CONFIGS.items()},
            "onnxruntime-cuda-fp16": 1.0, "onnxruntime-tensorrt-fp16": 2.0}
 PREDICT_EACH_BATCHES = 4
 REPORT_RESERVE_S = 10.0  # kept back for writing the report
@@ -79,8 +79,8 @@ def parse_args(argv):
                                                 "what comes back, e.g. /tmp/gpu_check_work")
     p.add_argument("--device", default="cuda:0", help="cuda:N (default cuda:0), or cpu for a functional check")
     p.add_argument("--checkpoint", default=None, help="weights to run (default: seeded random ConvMixer-1536/20)")
-    p.add_argument("--configs", default=",".join([*CONFIGS, *ORT_CONFIGS]),
-                   help=f"comma-separated, from: {', '.join([*CONFIGS, *ORT_CONFIGS])}")
+    p.add_argument("--configs", default=",".join([*TORCH_CUDA_CONFIGS, *ORT_CONFIGS]),
+                   help=f"comma-separated, from: {', '.join([*TORCH_CUDA_CONFIGS, *ORT_CONFIGS])}")
     p.add_argument("--batch-sizes", default="1,4,64,256", help="comma-separated (default %(default)s)")
     p.add_argument("--time-limit-s", type=float, default=450.0, help="the whole check (default %(default)s)")
     p.add_argument("--fidelity-images", type=positive_int, default=16, help="default %(default)s")
@@ -99,9 +99,9 @@ def parse_args(argv):
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         raise UserError("--batch-sizes: at least one, each at least 1")
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    unknown = [c for c in args.configs if c not in CONFIGS and c not in ORT_CONFIGS]
+    unknown = [c for c in args.configs if c not in TORCH_CUDA_CONFIGS and c not in ORT_CONFIGS]
     if unknown:
-        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join([*CONFIGS, *ORT_CONFIGS])}")
+        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join([*TORCH_CUDA_CONFIGS, *ORT_CONFIGS])}")
     if args.time_limit_s <= REPORT_RESERVE_S:
         raise UserError(f"--time-limit-s {args.time_limit_s:g}: must exceed {REPORT_RESERVE_S:g}")
     if args.stream_images < 0:
@@ -171,8 +171,8 @@ def load_config(args, name: str, inputs: dict):
     """The backend of configuration ``name``: torch on the checkpoint, or ONNX Runtime on its ONNX export (made
     once in the work folder), refused with the reason where this onnxruntime lacks the provider."""
     from convmixer_suite.runtimes.registry import create_backend
-    if name in CONFIGS:
-        precision, compile_mode = CONFIGS[name]
+    if name in TORCH_CUDA_CONFIGS:
+        precision, compile_mode = TORCH_CUDA_CONFIGS[name]
         return create_backend("torch", inputs["checkpoint"], precision=precision, device=args.device,
                               compile_mode=compile_mode)
     kind, provider = ORT_CONFIGS[name]
@@ -337,11 +337,11 @@ def parts_of(args) -> list:
 
 
 def is_config(part: str) -> bool:
-    return part in CONFIGS or part in ORT_CONFIGS
+    return part in TORCH_CUDA_CONFIGS or part in ORT_CONFIGS
 
 
 def config_precision(name: str) -> str:
-    return CONFIGS[name][0] if name in CONFIGS else "fp16"
+    return TORCH_CUDA_CONFIGS[name][0] if name in TORCH_CUDA_CONFIGS else "fp16"
 
 
 def run_parts(args, argv, started: float) -> dict:
@@ -432,7 +432,7 @@ def markdown(report: dict) -> str:
              "host batch in, float32 host logits out; pipelined: `predict_each`, the next batch copied while one runs.",
              "", "| configuration | load s | max \\|diff\\|/max \\|logit\\| | top-1 agree | batch | p50 ms | p99 ms "
              "| images/s | pipelined images/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in [*CONFIGS, *ORT_CONFIGS]:
+    for name in [*TORCH_CUDA_CONFIGS, *ORT_CONFIGS]:
         r = results.get(name)
         if r is None:
             continue
@@ -449,7 +449,7 @@ def markdown(report: dict) -> str:
         if r.get("error"):
             lines.append(head + f"| | {r['error'][:200]} | | | |")
     lines += ["", f"## predict_each against predict ({PREDICT_EACH_BATCHES} batches of different pictures)", ""]
-    lines += [predict_each_line(name, results[name]) for name in [*CONFIGS, *ORT_CONFIGS] if name in results]
+    lines += [predict_each_line(name, results[name]) for name in [*TORCH_CUDA_CONFIGS, *ORT_CONFIGS] if name in results]
     stream = results.get("stream")
     if stream:
         lines += ["", f"## Streaming evaluation ({stream.get('precision')}, batch {stream.get('batch_size')}, "

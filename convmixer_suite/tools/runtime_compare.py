@@ -57,7 +57,7 @@ SURVEY_BACKENDS = {"ncnn": NcnnBackend, "iree": IreeBackend, "torch-depthwise": 
 
 # name -> (kind, options): kind a backend name (convmixer_suite.runtimes.registry) or one of SURVEY_BACKENDS, options
 # its keyword arguments; "ceiling" is the same-run int8 ceiling. A "dw:" name runs on the depthwise-alone model.
-CONFIGS = {
+SURVEY_CONFIGS = {
     REFERENCE: ("onnxruntime", {"precision": "fp32"}),
     PRODUCTION: ("openvino", {"precision": "int8"}),
     CEILING: ("ceiling", {}),
@@ -129,7 +129,7 @@ def make_backend(name, models: dict, work: Path, threads: int, calib: dict, spec
     """The loaded backend of configuration ``name`` (``models``: {"model": onnx, "dw": depthwise onnx};
     ``calib``: {"model": image calibration folder, "dw": feature-map calibration folder})."""
     from convmixer_suite.bench.ceiling import ceiling_input_shape, load_ceilings
-    kind, options = CONFIGS[name]
+    kind, options = SURVEY_CONFIGS[name]
     if kind == "ceiling":
         loaded, skipped = load_ceilings({PRODUCTION: ("openvino", "int8")}, spec, work, threads=threads,
                                         num_calib=32, log=lambda line: print(line, file=sys.stderr))
@@ -239,9 +239,9 @@ def run_comparison(names, spec, work: Path, *, checkpoint=None, seed=0, threads=
     from convmixer_suite.guide.samples import generated_pictures
     from convmixer_suite.guide.transform import load_pictures
     from convmixer_suite.precision.cpu_info import cpu_info, describe_cpu
-    unknown = [n for n in names if n not in CONFIGS]
+    unknown = [n for n in names if n not in SURVEY_CONFIGS]
     if unknown:
-        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
+        raise UserError(f"--configs: unknown {', '.join(unknown)}; choose from {', '.join(SURVEY_CONFIGS)}")
     names = [REFERENCE] + [n for n in names if n != REFERENCE]
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
@@ -283,8 +283,8 @@ def parse_args(argv=None):
     p.add_argument("--arch", choices=list(ARCHS), default=DEFAULT_ARCH)
     p.add_argument("--checkpoint", default=None, help="real weights (default: seeded random weights)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
-    p.add_argument("--configs", default=",".join(CONFIGS),
-                   help=f"comma-separated, from: {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default=",".join(SURVEY_CONFIGS),
+                   help=f"comma-separated, from: {', '.join(SURVEY_CONFIGS)}")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--iters", type=positive_int, default=5, help="interleaved timed rounds (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed batches per configuration first (default 1)")
