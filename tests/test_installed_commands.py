@@ -103,3 +103,28 @@ def test_the_benchmark_engines_check_runs_from_an_empty_folder(venv, empty):
     report = json.loads((empty / "bench" / "engines_check.json").read_text())
     assert report["same_json"] and set(report["configs"]) == {"local", "ray x1", "ray x2"}
     assert (empty / "bench" / "engines_check.md").is_file()
+
+
+MISSING_INPUT = {
+    "convmixer-pth2onnx": ["--source", "missing.pth", "--target", "x.onnx", "--no-download"],
+    "convmixer-preprocess": ["--image-path", "missing", "--prep-image", "out"],
+    "convmixer-infer": ["--model", "missing.onnx", "--input", "missing", "--output", "out"],
+    "convmixer-eval-acc": ["--folder-davinci-target", "missing", "--annotation-file-path", "missing.txt",
+                           "--result-json-path", "r", "--json-file-name", "r.json"],
+    "convmixer-parse": ["--result-file", "missing.json"],
+    "convmixer-stream-eval": ["--model", "missing.onnx", "--image-path", "missing", "--annotation-file-path",
+                              "missing.txt", "--result-json-path", "r", "--json-file-name", "r.json"],
+    "convmixer-classify": ["--model", "missing.onnx", "missing.jpg"],
+    "convmixer-compare-runs": ["missing_a.json", "missing_b.json"],
+    "convmixer-report": ["missing.json"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(MISSING_INPUT))
+def test_a_missing_input_is_one_line_naming_it_and_exit_2(venv, empty, command):
+    result = run(venv, empty, command, *MISSING_INPUT[command])
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    # classify names each photo it cannot read, then ends when none could be read
+    assert len(lines) == (2 if command == "convmixer-classify" else 1), result.stderr
+    assert all(line.startswith(f"{command}: error: ") for line in lines) and "missing" in lines[0], result.stderr
